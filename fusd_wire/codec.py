@@ -399,6 +399,9 @@ class Codec:
         out = []
         for part in parts:
             if part.when is not None and not part.when(ctx):
+                if body.get(part.name) is not None:  # e.g. a fuse_getxattr_out for a value fetch: never drop it
+                    raise WireError(f"{part.describe()} is not sent in this message's form", opcode=opcode,
+                                    expected=f"no {part.name}")
                 continue
             con = part.construct(ctx)
             value = values[part.name] if part.struct_name is not None else body.get(part.name, part.default())
