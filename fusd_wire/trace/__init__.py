@@ -1,0 +1,21 @@
+"""Traces: record FUSE traffic to pcapng, read captures (ours or strace logs), decode them.
+
+- ``pcapng``: the container's blocks (write) and a tolerant block reader.
+- ``recorder``: ``Recorder`` -- what the runtime calls per message (thread-safe, cheap).
+- ``records``: ``Record``/``Connection``, what every reader yields.
+- ``reader``: ``open_capture()`` -- format detection, pcapng records.
+- ``strace``: records from ``strace -f -xx`` logs of any FUSE daemon.
+- ``decode``: ``Decoder`` -- records to events, replies paired with requests, latency.
+- ``render``/``stats``/``command``: the ``python -m fusd_wire decode`` command.
+"""
+
+from .decode import Decoder, Event, decode_records
+from .pcapng import INBOUND, LINKTYPE_FUSE, OUTBOUND, CaptureError
+from .reader import Capture, open_capture
+from .recorder import Recorder
+from .records import Connection, Record
+
+__all__ = [
+    "INBOUND", "LINKTYPE_FUSE", "OUTBOUND", "Capture", "CaptureError", "Connection", "Decoder", "Event", "Record",
+    "Recorder", "decode_records", "open_capture",
+]

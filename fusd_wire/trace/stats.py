@@ -1,0 +1,71 @@
+"""Per-opcode summary: requests, error replies, latency percentiles (µs)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .. import constants as C
+from .decode import REPLY, REQUEST, Event
+
+
+def percentile(sorted_values: List[float], p: float) -> Optional[float]:
+    """Nearest-rank percentile (no interpolation: every value printed was measured)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class OpStats:
+    opcode: int
+    count: int = 0
+    replies: int = 0
+    errors: int = 0
+    latencies_us: List[float] = field(default_factory=list)
+
+    def summary(self) -> Dict[str, object]:
+        lat = sorted(self.latencies_us)
+        return {"opcode": C.opcode_name(self.opcode), "opcode_num": self.opcode, "count": self.count,
+                "replies": self.replies, "errors": self.errors, "p50_us": percentile(lat, 50),
+                "p90_us": percentile(lat, 90), "p99_us": percentile(lat, 99), "max_us": lat[-1] if lat else None}
+
+
+class Stats:
+    """Accumulates events; ``rows()`` gives one summary per opcode, busiest first."""
+
+    def __init__(self) -> None:
+        self.ops: Dict[int, OpStats] = {}
+        self.notifications = 0
+
+    def add(self, ev: Event) -> None:
+        op = ev.opcode
+        if ev.kind == REQUEST and op is not None:
+            self.ops.setdefault(op, OpStats(op)).count += 1
+        elif ev.kind == REPLY and op is not None:
+            st = self.ops.setdefault(op, OpStats(op))
+            st.replies += 1
+            if ev.error:
+                st.errors += 1
+            lat = ev.latency_ns
+            if lat is not None:
+                st.latencies_us.append(lat / 1000)
+        elif ev.kind == "notify":
+            self.notifications += 1
+
+    def rows(self) -> List[Dict[str, object]]:
+        return [s.summary() for s in sorted(self.ops.values(), key=lambda s: (-s.count, s.opcode))]
+
+    def table(self) -> str:
+        def f(v: object) -> str:
+            return "-" if v is None else f"{v:.1f}"
+        head = f"{'opcode':<16}{'count':>8}{'errors':>8}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}{'max us':>10}"
+        lines = [head]
+        for r in self.rows():
+            lines.append(f"{r['opcode'] + ' (' + str(r['opcode_num']) + ')':<16}{r['count']:>8}{r['errors']:>8}"
+                         f"{f(r['p50_us']):>10}{f(r['p90_us']):>10}{f(r['p99_us']):>10}{f(r['max_us']):>10}")
+        if self.notifications:
+            lines.append(f"notifications: {self.notifications}")
+        return "\n".join(lines)
