@@ -1,0 +1,200 @@
+"""The FUSE transport's session: a tiny filesystem whose files ARE the devices.
+
+``<mountpoint>/<name>`` is a regular file (the kernel would hand a real S_IFCHR
+node to a kernel driver, not to us) opened with FOPEN_DIRECT_IO, and FOPEN_STREAM
+| FOPEN_NONSEEKABLE unless the device is seekable, so every read and write
+reaches the device like on a character device.  Directories come from names
+with slashes.  Attributes and entries are cached by the kernel for an hour and
+invalidated with notifications when devices come and go.
+
+INIT flags asked for (only those the kernel offers are kept):
+- FUSE_BIG_WRITES, FUSE_MAX_PAGES: writes up to ``max_write`` (128 KiB) in one request.
+- FUSE_ATOMIC_O_TRUNC: ``open(O_TRUNC)`` (shell ``>``) needs no SETATTR round trip.
+- FUSE_PARALLEL_DIROPS: lookups in the device tree need not serialize.
+- FUSE_INIT_EXT: the flags2 word exists (7.36+).
+Not asked for: FUSE_ASYNC_DIO (would split one large read() into parallel
+requests: a device's byte order must not depend on that), FUSE_WRITEBACK_CACHE
+and splice (devices are not page-cached), FUSE_POSIX_LOCKS/FLOCK_LOCKS (local
+locking is right for devices), READDIRPLUS (tiny directories).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from typing import Any, List, Optional
+
+from fusd_wire import FAST
+from fusd_wire import constants as C
+
+from .device import Device
+from .registry import Node, Registry
+from .session import OP, Session
+
+_pack_out = FAST.fuse_out_header.struct.pack
+_init_in = FAST.fuse_init_in.struct  # 64 bytes; its first 16 are the pre-7.36 layout
+TIMEOUT = 3600  # seconds the kernel may cache entries and attributes
+
+WANTED_FLAGS = (C.InitFlags.FUSE_BIG_WRITES | C.InitFlags.FUSE_MAX_PAGES | C.InitFlags.FUSE_ATOMIC_O_TRUNC
+                | C.InitFlags.FUSE_PARALLEL_DIROPS | C.InitFlags.FUSE_INIT_EXT)
+WAKE_NAME = ".fusd-wakeup"
+
+
+class FuseSession(Session):
+    """Serves a mounted /dev/fuse: the device tree plus every device file operation."""
+
+    kind = "fuse"
+
+    def __init__(self, fd: int, registry: Registry, mountpoint: str, **kwargs: Any) -> None:
+        super().__init__(fd, clone=True, **kwargs)
+        self.registry = registry
+        self.mountpoint = mountpoint
+        self.start_time = int(time.time())
+        self.handlers.update({
+            OP.FUSE_INIT: self._op_init,
+            OP.FUSE_LOOKUP: self._op_lookup,
+            OP.FUSE_GETATTR: self._op_getattr,
+            OP.FUSE_SETATTR: self._op_setattr,
+            OP.FUSE_OPENDIR: self._op_opendir,
+            OP.FUSE_READDIR: self._op_readdir,
+            OP.FUSE_RELEASEDIR: self._op_releasedir,
+            OP.FUSE_STATFS: self._op_statfs,
+        })
+
+    # ------------------------------------------------------------------ INIT
+    def _op_init(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        major, minor, max_readahead, flags = _init_in.unpack_from(buf, 40)[:4]
+        if major != C.FUSE_KERNEL_VERSION:
+            # A newer major: answer ours and wait for a new INIT (fuse_kernel.h "Version negotiation").
+            self.writev(fd, [_pack_out(24, 0, unique), FAST.fuse_init_out.struct.pack(
+                C.FUSE_KERNEL_VERSION, C.FUSE_KERNEL_MINOR_VERSION, *([0] * 22))[:8]])
+            return
+        minor = min(minor, C.FUSE_KERNEL_MINOR_VERSION)
+        if minor >= 36 and flags & C.InitFlags.FUSE_INIT_EXT:
+            flags |= _init_in.unpack_from(buf, 40)[4] << 32
+        granted = flags & WANTED_FLAGS
+        self._set_minor(minor, granted)
+        out = self.codec.fast("fuse_init_out")
+        body = out.encode({
+            "major": C.FUSE_KERNEL_VERSION, "minor": minor, "max_readahead": max_readahead,
+            "flags": granted & 0xFFFFFFFF, "flags2": granted >> 32, "max_background": 16,
+            "congestion_threshold": 12, "max_write": self.max_write, "time_gran": 1,
+            "max_pages": self.max_write // 4096,
+        }) if out.size > 8 else out.encode({"major": C.FUSE_KERNEL_VERSION, "minor": minor})
+        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+        self.initialized.set()
+
+    # ------------------------------------------------------------------ the tree
+    def _attr(self, node: Node) -> List[int]:
+        t = int(node.mtime) if node.is_dir else self.start_time
+        return [node.nodeid, 0, 0, t, t, t, 0, 0, 0, node.mode, 2 if node.is_dir else 1,
+                node.uid, node.gid, 0, 4096, 0]
+
+    def _entry(self, node: Node) -> bytes:
+        fast = self.codec.fast("fuse_entry_out")
+        return fast.pack(*([node.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
+
+    def _op_lookup(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        end = buf.index(0, 40)
+        name = bytes(buf[40:end]).decode("utf-8", "surrogateescape")
+        parent = self.registry.get(nodeid)
+        node = parent.children.get(name) if parent is not None else None
+        if node is None:
+            self.send_error(fd, unique, errno.ENOENT)
+            return
+        body = self._entry(node)
+        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+
+    def _attr_reply(self, fd: int, unique: int, node: Node) -> None:
+        fast = self.codec.fast("fuse_attr_out")
+        body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
+        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+
+    def _op_getattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        node = self.registry.get(nodeid)
+        if node is None:
+            self.send_error(fd, unique, errno.ENOENT)
+            return
+        self._attr_reply(fd, unique, node)
+
+    def _op_setattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        node = self.registry.get(nodeid)
+        if node is None:
+            self.send_error(fd, unique, errno.ENOENT)
+            return
+        f = self.codec.fast("fuse_setattr_in").decode(buf, 40)
+        if f.valid & C.FattrFlags.FATTR_MODE:
+            node.mode = stat.S_IFMT(node.mode) | (f.mode & 0o7777)
+        if f.valid & C.FattrFlags.FATTR_UID:
+            node.uid = f.uid
+        if f.valid & C.FattrFlags.FATTR_GID:
+            node.gid = f.gid
+        self._attr_reply(fd, unique, node)  # size changes (O_TRUNC) mean nothing to a device
+
+    def _op_opendir(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        node = self.registry.get(nodeid)
+        if node is None or not node.is_dir:
+            self.send_error(fd, unique, errno.ENOTDIR if node is not None else errno.ENOENT)
+            return
+        self.writev(fd, [_pack_out(32, 0, unique), self._pack_open_out(0, 0, 0)])
+
+    def _op_readdir(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        _, offset, size, *_ = self._unpack_read_in(buf, 40)
+        node = self.registry.get(nodeid)
+        if node is None:
+            self.send_error(fd, unique, errno.ENOENT)
+            return
+        with self.registry.lock:
+            entries = [(node.nodeid, ".", stat.S_IFDIR), (node.parent.nodeid if node.parent else node.nodeid, "..",
+                                                          stat.S_IFDIR)]
+            entries += [(c.nodeid, c.name, stat.S_IFMT(c.mode)) for c in node.children.values()]
+        out = bytearray()
+        dirent = FAST.fuse_dirent.struct
+        for i, (ino, name, fmt) in enumerate(entries[offset:], start=offset + 1):
+            raw = name.encode("utf-8", "surrogateescape")
+            rec = dirent.pack(ino, i, len(raw), fmt >> 12) + raw
+            rec += bytes(-len(rec) % 8)
+            if len(out) + len(rec) > size:
+                break
+            out += rec
+        self.writev(fd, [_pack_out(16 + len(out), 0, unique), out])
+
+    def _op_releasedir(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                       pid: int) -> None:
+        self.writev(fd, [_pack_out(16, 0, unique)])
+
+    def _op_statfs(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+        fast = self.codec.fast("fuse_statfs_out")
+        body = fast.encode({"st": {"bsize": 4096, "frsize": 4096, "namelen": 255,
+                                   "files": len(self.registry.nodes)}})
+        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+
+    # ------------------------------------------------------------------ devices
+    def device_for_open(self, nodeid: int) -> Device:
+        node = self.registry.get(nodeid)
+        if node is None or node.device is None:
+            raise OSError(errno.ENOENT if node is None else errno.EISDIR, "no such device")
+        return node.device
+
+    def invalidate(self, parent_id: int, name: str) -> None:
+        """Tell the kernel to forget the directory entry ``name`` in ``parent_id`` (device removed)."""
+        raw = name.encode("utf-8", "surrogateescape")
+        body = self.codec.fast("fuse_notify_inval_entry_out").pack(parent_id, len(raw), 0) + raw + b"\0"
+        try:
+            self.writev(self.fd, [_pack_out(16 + len(body), C.fuse_notify_code.FUSE_NOTIFY_INVAL_ENTRY, 0), body])
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.ENOTCONN):
+                raise
+
+    def wake_reader(self) -> None:
+        try:
+            os.stat(os.path.join(self.mountpoint, WAKE_NAME))
+        except FileNotFoundError:
+            pass
+
+
+def node_path(mountpoint: str, node: Optional[Node]) -> str:
+    """The path of a registry node under the mount."""
+    return os.path.join(mountpoint, node.path) if node is not None else mountpoint
