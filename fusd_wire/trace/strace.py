@@ -181,7 +181,7 @@ class StraceCapture(Capture):
             return None
         fd = int(fdm.group(1))
         fd_path = unescape(fdm.group(2)[1:-1]) if fdm.group(2) else b""
-        if name == b"ioctl":
+        if name in (b"ioctl", b"close"):
             return _Call(name, fd, fd_path, None, ret, err, ts, lineno, offset, args)
         if name not in _IO_CALLS:
             return None
@@ -197,44 +197,54 @@ class StraceCapture(Capture):
 
     # ------------------------------------------------------------------ fd detection
     @staticmethod
-    def fuse_fds(calls: List[_Call]) -> Set[int]:
-        """The fds that carry FUSE traffic (see the module docstring for the rules)."""
-        fds: Set[int] = set()
+    def activates(c: _Call) -> Optional[int]:
+        """The fd this call shows to be a FUSE device from now on, if any."""
+        if c.name in (b"openat", b"open"):
+            return c.ret if c.fd_path in _DEVICES and c.ret >= 0 else None
+        if c.name == b"mount":
+            m = _MOUNT_FD.search(c.args)
+            return int(m.group(1)) if m else None
+        if c.fd_path.startswith(_DEVICES):
+            return c.fd
+        if c.name == b"ioctl" and b"FUSE_DEV_IOC_CLONE" in c.args:
+            return c.fd
+        if c.name in (b"read", b"readv") and c.data is not None and c.ret > 0 and is_init(c.data):
+            return c.fd
+        return None
+
+    @staticmethod
+    def attached_fds(calls: List[_Call]) -> Set[int]:
+        """Fds on which every read (at least two) is a plausible FUSE request, and no call
+        says what they are: FUSE from the start (clone fds, a trace attached mid-session)."""
         reads: Dict[int, List[bool]] = {}
+        explained: Set[int] = set()
         for c in calls:
-            if c.fd_path.startswith(_DEVICES):
-                fds.add(c.fd)
-            if c.name in (b"openat", b"open") and c.fd_path in _DEVICES and c.ret >= 0:
-                fds.add(c.ret)
-            elif c.name == b"mount":
-                m = _MOUNT_FD.search(c.args)
-                if m:
-                    fds.add(int(m.group(1)))
-            elif c.name == b"ioctl" and b"FUSE_DEV_IOC_CLONE" in c.args:
-                fds.add(c.fd)
-            elif c.name in (b"read", b"readv") and c.data is not None and c.ret > 0:
-                if is_init(c.data):
-                    fds.add(c.fd)
+            if c.name in (b"openat", b"open") and c.ret >= 0:
+                explained.add(c.ret)
+            if StraceCapture.activates(c) is not None:
+                explained.add(StraceCapture.activates(c))  # type: ignore[arg-type]
+            if c.name in (b"read", b"readv") and c.data is not None and c.ret > 0:
                 reads.setdefault(c.fd, []).append(plausible_request(c.data))
-        for fd, ok in reads.items():
-            if len(ok) >= 2 and all(ok):
-                fds.add(fd)
-        return fds
+        return {fd for fd, ok in reads.items() if len(ok) >= 2 and all(ok) and fd not in explained}
 
     # ------------------------------------------------------------------ pass 2: records
     def __iter__(self) -> Iterator[Record]:
         calls = self._calls()
-        fds = self.fuse_fds(calls)
-        if not fds:
-            self.problem(CaptureError("no /dev/fuse traffic found in this strace log (was it run with "
-                                      "-e trace=read,readv,write,writev -xx -s 1048576 on the daemon?)",
-                                      block=0, offset=0, where="line"))
-            return
+        active = self.attached_fds(calls)
         session: Dict[int, int] = {}
         latest: Optional[int] = None
+        found = False
         for c in calls:
-            if c.fd not in fds or c.name not in _IO_CALLS:
+            fd = self.activates(c)
+            if fd is None and c.name in (b"openat", b"open", b"close") and c.ret >= 0:
+                gone = c.ret if c.name != b"close" else c.fd
+                active.discard(gone)  # the number now names something else
+                session.pop(gone, None)
+            elif fd is not None:
+                active.add(fd)
+            if c.fd not in active or c.name not in _IO_CALLS:
                 continue
+            found = True
             direction = _IO_CALLS[c.name]
             if c.data is None:
                 continue  # failed read (ENODEV at unmount, EINTR, EAGAIN): no message
@@ -242,19 +252,17 @@ class StraceCapture(Capture):
                 self._problem(f"{c.name.decode()}() data was cut by strace -s (rerun with -s 1048576); "
                               "message skipped", c.line, c.offset)
                 continue
-            if direction == INBOUND:
-                if c.ret != len(c.data):
-                    self._problem(f"{c.name.decode()}() returned {c.ret} but shows {len(c.data)} bytes",
-                                  c.line, c.offset)
-                if is_init(c.data) or c.fd not in session and latest is None:
-                    latest = session[c.fd] = len(self.connections)
-                    self.connections[latest] = Connection(latest, f"strace fd {c.fd}")
-                elif c.fd not in session:
-                    session[c.fd] = latest  # type: ignore[assignment]
+            if direction == INBOUND and c.ret != len(c.data):
+                self._problem(f"{c.name.decode()}() returned {c.ret} but shows {len(c.data)} bytes",
+                              c.line, c.offset)
+            if (direction == INBOUND and is_init(c.data)) or c.fd not in session and latest is None:
+                latest = session[c.fd] = len(self.connections)
+                self.connections[latest] = Connection(latest, f"strace fd {c.fd}")
             elif c.fd not in session:
-                if latest is None:
-                    latest = len(self.connections)
-                    self.connections[latest] = Connection(latest, f"strace fd {c.fd}")
-                session[c.fd] = latest
+                session[c.fd] = latest  # type: ignore[assignment]
             comment = f"{c.name.decode()}({c.fd}) = {c.ret}" + (f" {c.errname}" if c.errname else "")
             yield Record(session[c.fd], direction, c.ts, c.data, c.line, c.offset, "line", comment)
+        if not found:
+            self.problem(CaptureError("no /dev/fuse traffic found in this strace log (was it run with "
+                                      "-e trace=read,readv,write,writev -xx -s 1048576 on the daemon?)",
+                                      block=0, offset=0, where="line"))
