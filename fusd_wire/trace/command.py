@@ -105,9 +105,11 @@ class Filter:
         return self.pids is None or h.pid in self.pids
 
 
-def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: IO[str] = sys.stdout,
-               err: IO[str] = sys.stderr) -> int:
+def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Optional[IO[str]] = None,
+               err: Optional[IO[str]] = None) -> int:
     """The decode command; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     problems: List[CaptureError] = []
 
     def report(e: CaptureError) -> None:
