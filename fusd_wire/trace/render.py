@@ -72,6 +72,8 @@ def body_lines(body: Any, indent: str, limit: int) -> List[str]:
     if body is None:
         return lines
     for key, value in _items(body):
+        if value is None:  # an optional part that is absent in this message
+            continue
         if isinstance(value, dict):
             lines.append(f"{indent}{key}: {_fmt_fields(value, limit)}")
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
