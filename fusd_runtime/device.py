@@ -56,7 +56,7 @@ class Context:
     __slots__ = ("device", "fh", "flags", "pid", "uid", "gid", "unique", "nonblock", "state", "session",
                  "fd", "poll_kh", "released", "opcode", "size", "ioctl_arg", "__dict__")
 
-    def __init__(self, device: "Device", fh: int, flags: int, session: "Session") -> None:
+    def __init__(self, device: Device, fh: int, flags: int, session: Session) -> None:
         self.device = device
         self.fh = fh
         self.flags = flags
@@ -72,7 +72,7 @@ class Context:
         self.size = 0  # its size argument (READ: most bytes wanted; IOCTL: out_size)
         self.ioctl_arg = 0  # the caller's ioctl argument (a pointer, for unrestricted ioctls)
 
-    def defer(self, on_interrupt: Optional[Callable[["ReplyHandle"], None]] = None) -> "ReplyHandle":
+    def defer(self, on_interrupt: Optional[Callable[[ReplyHandle], None]] = None) -> ReplyHandle:
         """Answer this call later: keep the returned handle, return it from the callback.
 
         ``on_interrupt`` is called (in the runtime, under its callback lock) if the
@@ -95,8 +95,8 @@ class ReplyHandle:
 
     __slots__ = ("session", "ctx", "unique", "opcode", "fd", "size", "on_interrupt", "done", "_lock", "pid")
 
-    def __init__(self, session: "Session", ctx: Context, opcode: int, size: int,
-                 on_interrupt: Optional[Callable[["ReplyHandle"], None]]) -> None:
+    def __init__(self, session: Session, ctx: Context, opcode: int, size: int,
+                 on_interrupt: Optional[Callable[[ReplyHandle], None]]) -> None:
         self.session = session
         self.ctx = ctx
         self.unique = ctx.unique
@@ -156,7 +156,7 @@ class Device:
     #: the name the device is registered under (set by the server)
     name: str = ""
     #: the session serving this device (set by the server; None while not served)
-    session: Optional["Session"] = None
+    session: Optional[Session] = None
 
     # --- callbacks -------------------------------------------------------------------------
     def open(self, ctx: Context) -> None:

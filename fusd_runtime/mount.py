@@ -222,7 +222,7 @@ class Mount:
                 if self._fusermount.stderr is not None:
                     self._fusermount.stderr.close()
 
-    def __enter__(self) -> "Mount":
+    def __enter__(self) -> Mount:
         return self
 
     def __exit__(self, *exc: object) -> None:

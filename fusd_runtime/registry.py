@@ -22,7 +22,7 @@ class Node:
 
     __slots__ = ("nodeid", "name", "parent", "children", "device", "mode", "uid", "gid", "mtime")
 
-    def __init__(self, nodeid: int, name: str, parent: Optional["Node"], device: Optional[Device],
+    def __init__(self, nodeid: int, name: str, parent: Optional[Node], device: Optional[Device],
                  mode: int, uid: int, gid: int) -> None:
         self.nodeid = nodeid
         self.name = name

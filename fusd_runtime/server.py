@@ -91,7 +91,7 @@ class Server:
         self._timers: List[Tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._loop_thread: Optional[threading.Thread] = None
-        self._running = False
+        self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._closed = False
         self.errors: List[BaseException] = []
@@ -144,7 +144,7 @@ class Server:
         return {n.path: n.device for n in self.registry.devices() if n.device is not None}
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Mount, start the readers and run the event loop in a background thread."""
         self._start_serving()
         if self._loop_thread is None:
@@ -177,14 +177,19 @@ class Server:
             self._teardown()
             raise
 
-    def serve_forever(self) -> None:
-        """Serve until ``stop()``, SIGINT or SIGTERM; always unmounts before returning."""
-        self._start_serving()
+    def serve_forever(self, ready: Optional[Callable[[], Any]] = None) -> None:
+        """Serve until ``stop()``, SIGINT or SIGTERM; always unmounts before returning.
+
+        ``ready()`` is called once the devices are being served.
+        """
         old: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, lambda *_: self.stop(wait=False))
         try:
+            self._start_serving()
+            if ready is not None:
+                ready()
             self._run_loop()
         finally:
             for sig, handler in old.items():
@@ -193,7 +198,7 @@ class Server:
 
     def stop(self, wait: bool = True) -> None:
         """Stop serving: fail pending calls, stop readers, unmount, close.  Idempotent."""
-        self._running = False
+        self._stop_requested.set()
         self._wake()
         if not wait:
             return
@@ -234,7 +239,7 @@ class Server:
                 self._selector.close()
                 self._stopped.set()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -273,8 +278,7 @@ class Server:
             pass
 
     def _run_loop(self) -> None:
-        self._running = True
-        while self._running:
+        while not self._stop_requested.is_set():
             timeout = None
             with self._ready_lock:
                 if self._ready:

@@ -239,8 +239,10 @@ class Session:
 
     def _reply_read(self, fd: int, unique: int, data: Any, size: int, ctx: Context) -> None:
         n = len(data)
-        if n > size:
-            raise ValueError(f"read callback of {ctx.device.name!r} returned {n} bytes, the caller asked for {size}")
+        if n > size:  # a device bug: the caller has room for ``size`` bytes only
+            self._log_once(f"{ctx.device.name}.read.size", "fusd: read() of device %r returned %d bytes for a "
+                           "%d-byte read; the rest is dropped", ctx.device.name, n, size, None)
+            data, n = data[:size], size
         self.writev(fd, [_pack_out(16 + n, 0, unique), data])
 
     def _reply_ioctl(self, fd: int, unique: int, result: Any, out_size: int) -> None:
@@ -286,6 +288,9 @@ class Session:
         if key in self._logged:
             return
         self._logged.add(key)
+        if exc is None:
+            log.warning(msg, *args)
+            return
         log.error(msg + "\n%s", *args, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
     def _report(self, exc: BaseException) -> None:

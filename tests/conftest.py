@@ -1,1 +1,47 @@
-"""Shared test configuration."""
+"""Shared fixtures: real kernel round trips need root and /dev/fuse; nothing may be left mounted."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0
+
+
+needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs root and /dev/fuse (kernel FUSE tier)")
+
+
+def _fusd_mounts() -> list:
+    with open("/proc/mounts") as f:
+        return [line.split()[1] for line in f if " fuse.fusd" in line and "fusdtest" not in line]
+
+
+@pytest.fixture
+def no_leftover_mounts():
+    """Fails the test if it leaves a fusd mount behind."""
+    before = set(_fusd_mounts())
+    yield
+    after = set(_fusd_mounts()) - before
+    assert not after, f"test left mounts behind: {after}"
+
+
+@pytest.fixture
+def server(no_leftover_mounts):
+    """A started FUSE Server in a temp dir; stopped (and unmounted) after the test."""
+    if not fuse_available():
+        pytest.skip("needs root and /dev/fuse (kernel FUSE tier)")
+    from fusd_runtime import Server
+    srv = Server()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
