@@ -14,10 +14,12 @@ import threading
 import time
 from typing import IO, Any, Optional, Sequence, Union
 
-from .pcapng import _PADS, INBOUND, OUTBOUND, enhanced_packet_parts, interface_description, section_header
+from .pcapng import INBOUND, OUTBOUND, enhanced_packet_parts, interface_description, section_header
 
-_EPB_HEAD = struct.Struct("<IIIIIII")
-_TAIL = struct.Struct("<HHIHHI")  # epb_flags option, end of options, trailing total
+_EPB_HEAD_PACK = struct.Struct("<IIIIIII").pack  # type, total, interface, ts high, ts low, caplen, origlen
+# per pad length: pad bytes, epb_flags option, end of options, trailing total
+_TAIL_PACK = [struct.Struct(f"<{pad}xHHIHHI").pack for pad in range(4)]
+_time_ns = time.time_ns
 
 Data = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
 
@@ -46,19 +48,21 @@ class Recorder:
 
     INBOUND = INBOUND
     OUTBOUND = OUTBOUND
+    FLUSH_AT = 1 << 16
+    """Bytes buffered before one write(2) to the file."""
 
     def __init__(self, target: Union[str, os.PathLike, IO[bytes]], *, application: str = "fusd") -> None:
         if isinstance(target, (str, bytes, os.PathLike)):
-            self._file: Any = open(target, "wb", buffering=1 << 16)  # closed by close()
+            self._file: Any = open(target, "wb", buffering=0)  # closed by close(); we buffer ourselves
             self._owns = True
         else:
             self._file = target
             self._owns = False
         self._lock = threading.Lock()
         self._names: list = []
-        self._write = self._file.write
+        self._nconn = 0  # record() checks ids against this; 0 once closed
+        self._buf = bytearray(section_header(application))
         self.closed = False
-        self._write(section_header(application))
 
     def connection(self, name: str, *, minor: Optional[int] = None, flags: Optional[int] = None,
                    kind: str = "fuse") -> int:
@@ -70,7 +74,8 @@ class Recorder:
             self._check()
             conn = len(self._names)
             self._names.append(name)
-            self._write(interface_description(name, connection_description(minor, flags, kind)))
+            self._buf += interface_description(name, connection_description(minor, flags, kind))
+            self._nconn = conn + 1
             return conn
 
     def record(self, conn_id: int, direction: int, data: Data, timestamp_ns: Optional[int] = None,
@@ -78,11 +83,12 @@ class Recorder:
         """Append one message.  ``direction``: ``INBOUND`` (kernel -> daemon) or ``OUTBOUND``.
 
         ``data``: the message as bytes, or the list of buffers handed to ``os.writev``.
+        ``timestamp_ns``: nanoseconds since the epoch; default now (``time.time_ns()``).
         """
         if timestamp_ns is None:
-            timestamp_ns = time.time_ns()
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            n = len(data)
+            timestamp_ns = _time_ns()
+        if type(data) is bytes or isinstance(data, (bytearray, memoryview)):
+            n = len(data)  # type: ignore[arg-type]
             bufs = None
         else:
             bufs = data
@@ -90,30 +96,33 @@ class Recorder:
             for b in bufs:
                 n += len(b)
         if comment is None:
-            total = 44 + n + (-n & 3)
-            head = _EPB_HEAD.pack(6, total, conn_id, timestamp_ns >> 32 & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, n, n)
-            tail = _PADS[n & 3] + _TAIL.pack(2, 4, direction, 0, 0, total)
+            pad = -n & 3
+            total = 44 + n + pad
+            head = _EPB_HEAD_PACK(6, total, conn_id, timestamp_ns >> 32 & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, n, n)
+            tail = _TAIL_PACK[pad](2, 4, direction, 0, 0, total)
         else:
             head, tail = enhanced_packet_parts(conn_id, direction, timestamp_ns, n, comment)
         with self._lock:
-            if self.closed:
-                raise ValueError("record() on a closed Recorder")
-            if conn_id >= len(self._names) or conn_id < 0:
-                raise ValueError(f"unknown connection id {conn_id}")
-            w = self._write
-            w(head)
+            if not 0 <= conn_id < self._nconn:
+                raise ValueError(f"unknown connection id {conn_id}" if not self.closed
+                                 else "record() on a closed Recorder")
+            buf = self._buf
+            buf += head
             if bufs is None:
-                w(data)
+                buf += data  # type: ignore[operator]
             else:
                 for b in bufs:
-                    w(b)
-            w(tail)
+                    buf += b
+            buf += tail
+            if len(buf) >= self.FLUSH_AT:
+                self._write(buf)
+                buf.clear()
 
     def flush(self) -> None:
         """Push buffered packets to the file (e.g. before reading a live capture)."""
         with self._lock:
             if not self.closed:
-                self._file.flush()
+                self._drain()
 
     def close(self) -> None:
         """Flush, and close the file if we opened it.  Idempotent."""
@@ -121,11 +130,31 @@ class Recorder:
             if self.closed:
                 return
             self.closed = True
+            self._nconn = 0
             try:
-                self._file.flush()
+                self._drain()
             finally:
                 if self._owns:
                     self._file.close()
+
+    def _write(self, data: bytearray) -> None:
+        """Write all of ``data`` (an unbuffered file may take less than everything)."""
+        view = memoryview(data)
+        while view:
+            n = self._file.write(view)
+            if n is None:  # a non-blocking raw file that took nothing: wait, keep order
+                time.sleep(0.001)
+                continue
+            view = view[n:]
+        view.release()
+
+    def _drain(self) -> None:
+        if self._buf:
+            self._write(self._buf)
+            self._buf.clear()
+        flush = getattr(self._file, "flush", None)
+        if flush is not None:
+            flush()
 
     def _check(self) -> None:
         if self.closed:
