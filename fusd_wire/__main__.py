@@ -2,6 +2,7 @@
 
 Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
+    tap -o CAP MNT -- DAEMON ARGS   record a libfuse 3 daemon's traffic live (root)
 
 More (replay, tap) will hang off the same parser as subcommands.
 """
@@ -25,12 +26,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      "-e trace=read,readv,write,writev output of any FUSE daemon.")
     add_decode_arguments(dec)
     dec.set_defaults(run=_decode, parser_=dec)
+    tap = sub.add_parser("tap", help="mount, run an unmodified libfuse 3 daemon behind a relay, record its traffic",
+                         description="Root only. Opens /dev/fuse, mounts it on MOUNTPOINT and starts DAEMON ARGS "
+                                     "with /dev/fd/N (a SOCK_SEQPACKET socket we relay) as its mountpoint: "
+                                     "write {fd} where N goes, or it is appended.")
+    tap.add_argument("-o", "--output", required=True, help="capture file to write (pcapng)")
+    tap.add_argument("mountpoint")
+    tap.add_argument("daemon", nargs=argparse.REMAINDER, help="-- DAEMON ARGS...")
+    tap.set_defaults(run=_tap, parser_=tap)
     return parser
 
 
 def _decode(args: argparse.Namespace) -> int:
     from .trace.command import run_decode
     return run_decode(args, args.parser_)
+
+
+def _tap(args: argparse.Namespace) -> int:
+    from .trace.tap import run_tap
+    argv = args.daemon[1:] if args.daemon[:1] == ["--"] else args.daemon
+    if not argv:
+        args.parser_.error("no daemon command given")
+    return run_tap(args.mountpoint, argv, args.output)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

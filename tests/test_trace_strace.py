@@ -9,7 +9,9 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_trace_decode import conversation, run_cli
@@ -249,6 +251,38 @@ def _need(*tools):
         pytest.skip(f"needs {', '.join(missing)} (apt-get install gcc libfuse3-dev fuse3 pkg-config strace)")
 
 
+def _compare_with_d_log(capture, dlog):
+    """Decode ``capture``; assert our request/reply sequence equals the daemon's ``-d`` log."""
+    status, out, err = run_cli("decode", "--json", capture)
+    assert status == 0, err
+    ours = [json.loads(line) for line in out.splitlines()]
+    theirs = dlog.read_text(errors="replace").splitlines()
+
+    req_re = re.compile(r"^unique: (\d+), opcode: (\S+) \((\d+)\), nodeid: (\d+), insize: (\d+), pid: (\d+)")
+    rep_re = re.compile(r"^   unique: (\d+), (?:success|error: (-\d+) \(.*\)), outsize: (\d+)")
+    expected = []
+    for line in theirs:
+        m = req_re.match(line)
+        if m:
+            expected.append(("request", int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), int(m[6])))
+            continue
+        m = rep_re.match(line)
+        if m:
+            expected.append(("reply", int(m[1]), int(m[2] or 0), int(m[3])))
+    got = []
+    for o in ours:
+        if o["type"] == "request":
+            got.append(("request", o["unique"], o["opcode"], o["opcode_num"], o["nodeid"], o["len"], o["pid"]))
+        elif o["type"] == "reply":
+            got.append(("reply", o["unique"], o["error"], o["len"]))
+    # libfuse names opcodes it does not know "???"; compare those by number only
+    got = [g[:2] + ("???",) + g[3:] if g[0] == "request" and e[0] == "request" and e[2] == "???" else g
+           for g, e in zip(got, expected)] + got[len(expected):]
+    assert len(expected) > 20
+    assert got == expected
+    return got, ours
+
+
 @pytest.fixture
 def hello_ll(tmp_path):
     """Our tiny libfuse 3 low-level daemon, compiled here."""
@@ -300,36 +334,52 @@ def test_real_libfuse_daemon_under_strace(hello_ll, tmp_path):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
     assert not _mounted(str(mnt))
 
-    status, out, err = run_cli("decode", "--json", log)
-    assert status == 0, err
-    ours = [json.loads(line) for line in out.splitlines()]
-    theirs = dlog.read_text(errors="replace").splitlines()
-
-    req_re = re.compile(r"^unique: (\d+), opcode: (\S+) \((\d+)\), nodeid: (\d+), insize: (\d+), pid: (\d+)")
-    rep_re = re.compile(r"^   unique: (\d+), (?:success|error: (-\d+) \(.*\)), outsize: (\d+)")
-    expected = []
-    for line in theirs:
-        m = req_re.match(line)
-        if m:
-            expected.append(("request", int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5]), int(m[6])))
-            continue
-        m = rep_re.match(line)
-        if m:
-            expected.append(("reply", int(m[1]), int(m[2] or 0), int(m[3])))
-    got = []
-    for o in ours:
-        if o["type"] == "request":
-            got.append(("request", o["unique"], o["opcode"], o["opcode_num"], o["nodeid"], o["len"], o["pid"]))
-        elif o["type"] == "reply":
-            got.append(("reply", o["unique"], o["error"], o["len"]))
-    # libfuse names opcodes it does not know "???"; compare those by number only
-    got = [g[:2] + ("???",) + g[3:] if g[0] == "request" and e[0] == "request" and e[2] == "???" else g
-           for g, e in zip(got, expected)] + got[len(expected):]
-    assert len(expected) > 20
-    assert got == expected
+    got, ours = _compare_with_d_log(log, dlog)
     opcodes = {g[2] for g in got if g[0] == "request"}
     assert {"INIT", "LOOKUP", "GETATTR", "READDIR", "OPEN", "READ", "IOCTL"} <= opcodes
     ioctl_replies = [o for o in ours if o["type"] == "reply" and o.get("opcode") == "IOCTL"]
     assert ioctl_replies[0]["errno"] == "ENOTTY"  # Python's open() asks isatty (TCGETS) first
     assert ioctl_replies[-1]["body"]["data"] == "34120000"
     assert ioctl_replies[-1]["body"]["fuse_ioctl_out"]["result"] == 1
+
+
+def _exercise(mnt):
+    client = [["ls", "-la", str(mnt)], ["cat", str(mnt / "hello")], ["stat", str(mnt / "nope")],
+              ["python3", "-c", CLIENT_IOCTL, str(mnt / "hello")]]
+    outs = [subprocess.run(c, capture_output=True, text=True, timeout=30) for c in client]
+    assert outs[1].stdout == "hello world\n" and outs[3].stdout.strip() == "34120000"
+
+
+@pytest.mark.kernel
+def test_live_tap_records_an_unmodified_libfuse_daemon(hello_ll, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cap, dlog = tmp_path / "tap.pcapng", tmp_path / "d.log"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    with open(dlog, "wb") as dlog_f:
+        proc = subprocess.Popen([sys.executable, "-m", "fusd_wire", "tap", "-o", str(cap), str(mnt), "--",
+                                 str(hello_ll), "-d", "-f", "-s", "/dev/fd/{fd}"],
+                                stderr=dlog_f, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _mounted(str(mnt)):
+            assert proc.poll() is None, dlog.read_text()
+            assert time.monotonic() < deadline, "tap did not mount"
+            time.sleep(0.05)
+        _exercise(mnt)
+    finally:
+        if _mounted(str(mnt)):
+            subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            status = None
+        if _mounted(str(mnt)):
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+    assert not _mounted(str(mnt))
+    assert status == 0, dlog.read_text()
+    got, ours = _compare_with_d_log(cap, dlog)
+    assert {"INIT", "LOOKUP", "READ", "IOCTL"} <= {g[2] for g in got if g[0] == "request"}
+    assert all("latency_us" in o for o in ours if o["type"] == "reply")  # the tap timestamps everything
