@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import construct as cs
 
-from fusd_wire import NOTIFICATIONS, OPS, Codec, NotifySpec, OpSpec, Request
+from fusd_wire import NOTIFICATIONS, OPS, Codec, NotifySpec, OpSpec, Request, WireError
 from fusd_wire import constants as C
-from fusd_wire.codec import PartContext
+from fusd_wire.codec import Conversation, PartContext, iter_messages
 from fusd_wire.layouts import layout
 from fusd_wire.parts import Array, Data, Dirents, KeyValues, Name, Part, Secctx, Struct
 
@@ -247,6 +247,17 @@ def variants_for(spec: OpSpec) -> List[Variant]:
     return [Variant()]
 
 
+def fuzz_protocols(minors=MINORS) -> List[Tuple[int, int]]:
+    """(minor, flags) to fuzz at: each minor, with FUSE_SETXATTR_EXT where it exists, plus 7.12 (raw iovec
+    retries) and 7.36 with FUSE_SECURITY_CTX (security contexts appended to create-like requests)."""
+    out = []
+    for minor in minors:
+        out.append((minor, 0))
+        if minor >= 33:
+            out.append((minor, codec_flags(minor, True)))
+    return out + [(12, 0), (36, int(C.InitFlags.FUSE_SECURITY_CTX) | codec_flags(36, True))]
+
+
 def seed_corpus(minors=MINORS, per_op: int = 2, seed: int = 0) -> List[Tuple[str, Codec, Any, bytes]]:
     """Valid messages of every kind, for fuzzing: (direction, codec, request-or-None, raw).
 
@@ -254,20 +265,198 @@ def seed_corpus(minors=MINORS, per_op: int = 2, seed: int = 0) -> List[Tuple[str
     """
     rng = random.Random(seed)
     out: List[Tuple[str, Codec, Any, bytes]] = []
-    for minor in minors:
-        for setx in (False, True) if minor >= 33 else (False,):
-            codec = Codec(minor, codec_flags(minor, setx))
-            for spec in ops_at(minor):
-                for variant in variants_for(spec):
-                    for _ in range(per_op):
-                        raw, _args = random_request(codec, spec, rng, variant, small=True)
-                        out.append(("request", codec, None, raw))
-                        req = codec.decode_request(raw)
-                        if spec.has_reply:
-                            rep, _ = random_reply(codec, spec, req, rng, variant, small=True)
-                            out.append(("reply", codec, req, rep))
+    for minor, flags in fuzz_protocols(minors):
+        codec = Codec(minor, flags)
+        for spec in ops_at(minor):
+            for variant in variants_for(spec):
+                for i in range(per_op):
+                    raw, _args = random_request(codec, spec, rng, variant, small=True)
+                    out.append(("request", codec, None, raw))
+                    req = codec.decode_request(raw)
+                    if spec.has_reply:
+                        rep, _ = random_reply(codec, spec, req, rng, variant, small=True)
+                        out.append(("reply", codec, req, rep))
+                        if not i:  # one error reply per opcode is plenty: they are 16 bytes
                             out.append(("reply", codec, req, codec.encode_reply(req, error=-rng.randint(1, 133))))
-            for nspec in notifications_at(minor):
-                for _ in range(per_op):
-                    out.append(("notify", codec, None, random_notify(codec, nspec, rng, small=True)[0]))
+        for nspec in notifications_at(minor):
+            for _ in range(per_op):
+                out.append(("notify", codec, None, random_notify(codec, nspec, rng, small=True)[0]))
     return out
+
+
+# ------------------------------------------------------------------ malformed messages (fuzzing)
+
+#: u32 values that break length and count fields: empty, tiny, unaligned, huge, sign bit.
+INTERESTING = (0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 24, 39, 40, 41, 63, 64, 255, 256, 4095, 4096, 0x7FFF, 0xFFFF,
+               0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
+
+
+def _fix_len(rng: random.Random, data: bytearray) -> bytearray:
+    """Mostly make the header's ``len`` match, so the input gets past the first check into the body."""
+    if len(data) >= 4 and rng.random() < 0.85:
+        data[0:4] = len(data).to_bytes(4, "little")
+    return data
+
+
+def _put(data: bytearray, offset: int, width: int, value: int) -> None:
+    if offset + width <= len(data):
+        data[offset:offset + width] = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+
+
+def mutate(rng: random.Random, raw: bytes, direction: str, other: bytes = b"") -> bytes:
+    """One malformed variant of a valid message: random bytes, truncation, bit flips, corrupt lengths.
+
+    ``direction`` ("request", "reply", "notify") picks which header fields to aim at;
+    ``other`` is another valid message to splice with.
+    """
+    data = bytearray(raw)
+    op = rng.randrange(9)
+    if op == 0:  # random bytes, sometimes behind a plausible header
+        data = bytearray(rand_bytes(rng, 0, 160))
+        if rng.random() < 0.5:
+            data[:min(len(raw), 16)] = raw[:16]
+        return bytes(_fix_len(rng, data))
+    if op == 1:  # truncation
+        header = 40 if direction == "request" else 16
+        keep = rng.randrange(len(data) + 1) if rng.random() < 0.3 or len(data) <= header \
+            else rng.randint(header, len(data) - 1)
+        data = data[:keep]
+        return bytes(_fix_len(rng, data))
+    if op == 2:  # bit flips
+        for _ in range(rng.randint(1, 8)):
+            if data:
+                i = rng.randrange(len(data))
+                data[i] ^= 1 << rng.randrange(8)
+        return bytes(_fix_len(rng, data) if rng.random() < 0.5 else data)
+    if op == 3:  # a length/count field anywhere: aligned u32 or u64 in the body
+        width = rng.choice((4, 4, 8, 2))
+        if len(data) >= width:
+            offset = rng.randrange(0, len(data) - width + 1, width if len(data) >= 2 * width else 1)
+            value = rng.choice(INTERESTING + (len(data), len(data) - 40, len(data) - 16, rng.getrandbits(32)))
+            _put(data, offset, width, value)
+        return bytes(_fix_len(rng, data))
+    if op == 4:  # the header's own len, total_extlen (requests), error/unique (from the daemon)
+        if direction == "request":
+            field = rng.choice(["len", "extlen", "opcode"])
+            if field == "len":
+                _put(data, 0, 4, rng.choice(INTERESTING + (len(data) + 1, len(data) - 1)))
+            elif field == "extlen":
+                if rng.random() < 0.5 and len(data) >= 40:  # a bad extension record at the end
+                    size = rng.choice((0, 4, 7, 8, 12, 16, 24, 0xFFFFFFFF))
+                    ext_type = rng.choice((0, 1, 2, 31, 32, 33, 0xFFFFFFFF))
+                    record = size.to_bytes(4, "little") + ext_type.to_bytes(4, "little") + rand_bytes(rng, 0, 2) * 8
+                    data += record
+                    _put(data, 36, 2, len(record) // 8)
+                    _fix_len(rng, data)
+                else:
+                    _put(data, 36, 2, rng.choice((1, 2, 3, 4, 0x7F, 0xFFFF, (len(data) - 40) // 8)))
+            else:
+                _put(data, 4, 4, rng.choice(list(range(0, 60)) + [4096, 4097, 0xFFFFFFFF]))
+        else:
+            field = rng.choice(["len", "error", "unique"])
+            if field == "len":
+                _put(data, 0, 4, rng.choice(INTERESTING + (len(data) + 1, len(data) - 1)))
+            elif field == "error":
+                _put(data, 4, 4, rng.choice((0, 1, 9, 10, -1, -4095, -4096, 0x7FFFFFFF, 0x80000000)))
+            else:
+                _put(data, 8, 8, rng.choice((0, 1, 1 << 63, (1 << 64) - 1)))
+        return bytes(data)
+    if op == 5:  # insert or append junk
+        junk = rand_bytes(rng, 1, 24)
+        at = rng.randrange(len(data) + 1)
+        data[at:at] = junk
+        return bytes(_fix_len(rng, data))
+    if op == 6:  # delete a slice
+        if data:
+            a = rng.randrange(len(data))
+            del data[a:a + rng.randint(1, 16)]
+        return bytes(_fix_len(rng, data))
+    if op == 7 and other:  # splice two messages
+        cut = rng.randrange(len(data) + 1)
+        data = data[:cut] + bytearray(other[rng.randrange(len(other) + 1):])
+        return bytes(_fix_len(rng, data))
+    # several of the above at once
+    out = raw
+    for _ in range(rng.randint(2, 4)):
+        out = mutate(rng, out, direction, other)
+    return out
+
+
+class UnlocatedWireError(AssertionError):
+    """A WireError that does not say where in the message the problem is."""
+
+
+_LENIENT: Dict[Tuple[int, int], Codec] = {}
+
+
+def _reencode(codec: Codec, msg: Any, request: Any) -> None:
+    """Encode what was decoded again: it may be refused, but only with a WireError."""
+    try:
+        if isinstance(msg, Request):
+            h = msg.header
+            codec.encode_request(h.opcode, msg.body, unique=h.unique, nodeid=h.nodeid, uid=h.uid, gid=h.gid,
+                                 pid=h.pid, extensions=msg.extensions)
+        elif hasattr(msg, "opcode"):  # Reply
+            if msg.body is None:
+                codec.encode_reply(msg.opcode, unique=msg.unique, error=msg.error)
+            else:
+                codec.encode_reply(request if request is not None else msg.opcode, msg.body, unique=msg.unique)
+        else:
+            codec.encode_notify(msg.code, msg.body)
+    except WireError:
+        pass
+
+
+def _opcode_of(direction: str, request: Optional[Request], data: bytes) -> Optional[int]:
+    """The opcode a decoder's WireError must name: the request's, once its header is complete."""
+    if direction == "reply":
+        return request.opcode if request is not None else None
+    return int.from_bytes(data[4:8], "little") if len(data) >= 40 else None
+
+
+def decode_all(direction: str, codec: Codec, request: Optional[Request], data: bytes) -> Tuple[int, int]:
+    """Feed ``data`` to every decoder of its direction, strict and lenient: (decoder calls, refusals).
+
+    The only exception allowed out of a decoder is ``WireError``, and it must name an
+    offset and what was expected, and the opcode once it is known; anything else
+    propagates (an ``UnlocatedWireError`` for a WireError that does not say where).
+    What decodes is encoded again, which may only fail with a WireError.
+    """
+    key = (codec.minor, codec.flags)
+    lenient = _LENIENT.get(key)
+    if lenient is None:
+        lenient = _LENIENT[key] = Codec(codec.minor, codec.flags, strict=False)
+    refused = ncalls = 0
+    for c in (codec, lenient):
+        if direction == "request":
+            calls = [(c.decode_request, (data,))]
+        elif direction == "reply":
+            assert request is not None
+            calls = [(c.decode_reply, (data, request)), (c.decode_reply, (data, request.opcode)),
+                     (c.decode_from_daemon, (data, request))]
+        else:
+            calls = [(c.decode_notify, (data,)), (c.decode_from_daemon, (data, None))]
+        conv = Conversation(c)
+        if direction == "request":
+            calls.append((conv.request, (data,)))
+        else:
+            if request is not None:
+                conv.pending[request.unique] = request
+            calls.append((conv.from_daemon, (data,)))
+        calls.append((lambda raw: list(iter_messages(raw)), (data,)))
+        for fn, args in calls:
+            ncalls += 1
+            try:
+                msg = fn(*args)
+            except WireError as exc:
+                if exc.offset is None or f"offset {exc.offset}" not in str(exc) or not exc.expected:
+                    raise UnlocatedWireError(f"{fn.__name__}: WireError without offset/expected: {exc}") from exc
+                if fn in (c.decode_request, c.decode_reply) and exc.opcode != _opcode_of(direction, request, data):
+                    raise UnlocatedWireError(f"{fn.__name__}: WireError without the opcode: {exc}") from exc
+                refused += 1
+                continue
+            if isinstance(msg, tuple):  # Conversation.from_daemon: (message, request)
+                msg = msg[0]
+            if not isinstance(msg, list):
+                _reencode(c, msg, request if direction == "reply" else None)
+    return ncalls, refused
