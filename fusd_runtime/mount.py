@@ -56,8 +56,11 @@ def umount(target: str, lazy: bool = True) -> bool:
 
 
 def is_mounted(target: str) -> bool:
-    """True if ``target`` is a mount point in /proc/self/mounts."""
-    real = os.path.realpath(target)
+    """True if ``target`` (an absolute path) is a mount point in /proc/self/mounts.
+
+    Never stats ``target``: a FUSE mount whose server stopped answering would hang us.
+    """
+    real = os.path.abspath(target)
     with open("/proc/self/mounts") as f:
         for line in f:
             parts = line.split()
@@ -81,7 +84,10 @@ while True:
     except OSError:
         break
 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-libc.umount2(target.encode(), 2)
+if libc.umount2(target.encode(), 2) != 0 and ctypes.get_errno() == 1:  # EPERM: not root, ask fusermount3
+    import subprocess
+    subprocess.run(["fusermount3", "-u", "-z", "-q", target], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 """
 
 
@@ -115,12 +121,10 @@ class Mount:
         if method == "auto":
             method = "mount" if root else "fusermount"
         self.method = method
-        st = os.stat(self.mountpoint)
         opts = [f"rootmode={stat.S_IFDIR:o}", f"user_id={os.geteuid()}", f"group_id={os.getegid()}",
                 "default_permissions"]
         if allow_other:
             opts.append("allow_other")
-        del st
         try:
             if method == "mount":
                 self._mount_syscall(fsname, opts, watchdog)
@@ -142,15 +146,19 @@ class Mount:
         data = ",".join([f"fd={self.fd}"] + opts)
         _mount(fsname, self.mountpoint, f"fuse.{fsname}", MS_NOSUID | MS_NODEV, data)
         if watchdog:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            try:
-                self._watch_proc = subprocess.Popen(
-                    [sys.executable, "-c", _WATCHDOG, str(r), self.mountpoint], pass_fds=(r,),
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True)
-            finally:
-                os.close(r)
-            self._watch_w = w
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """A child that unmounts when we die, however we die (it holds the read end of our pipe)."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._watch_proc = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(r), self.mountpoint], pass_fds=(r,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        finally:
+            os.close(r)
+        self._watch_w = w
 
     # -- everyone: fusermount3 ---------------------------------------------------------------
     def _mount_fusermount(self, fsname: str, opts: List[str], watchdog: bool) -> None:
@@ -187,12 +195,14 @@ class Mount:
         os.set_inheritable(self.fd, False)
         if not watchdog:
             self._fusermount.wait(timeout=10)
+        else:
+            self._start_watchdog()  # auto_unmount alone did not unmount after SIGKILL in our tests
 
     # -- leaving -------------------------------------------------------------------------------
     def unmount(self) -> None:
         """Unmount now (lazily, so busy files do not block us)."""
         if self.method == "fusermount":
-            if is_mounted(self.mountpoint):
+            if is_mounted(self.mountpoint):  # noqa: SIM102 - fusermount3 complains loudly otherwise
                 subprocess.run(["fusermount3", "-u", "-z", "-q", self.mountpoint], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:

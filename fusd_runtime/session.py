@@ -20,6 +20,7 @@ import errno
 import fcntl
 import logging
 import os
+import struct
 import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set
@@ -37,6 +38,9 @@ _IN_HEADER_SIZE = _IN_HEADER.size
 _pack_out = _OUT_HEADER.pack
 _O_NONBLOCK = os.O_NONBLOCK
 _NOTIFY_POLL = int(C.fuse_notify_code.FUSE_NOTIFY_POLL)
+_POLL_SCHEDULE_NOTIFY = int(C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY)
+_FOPEN_SEEKABLE = int(C.FopenFlags.FOPEN_DIRECT_IO)
+_FOPEN_STREAM = int(C.FopenFlags.FOPEN_DIRECT_IO | C.FopenFlags.FOPEN_NONSEEKABLE | C.FopenFlags.FOPEN_STREAM)
 
 # opcodes (ints, for the dispatch table)
 OP = C.fuse_opcode
@@ -130,6 +134,13 @@ class Session:
         self._pack_ioctl_out = fast("fuse_ioctl_out").pack
         self._pack_ioctl_iovec = fast("fuse_ioctl_iovec").pack
         self._pack_poll_wakeup = fast("fuse_notify_poll_wakeup_out").pack
+        # Header and fixed reply struct packed in one call: one object and one iovec per reply.
+        hdr = _OUT_HEADER.format
+        self._pack_write_reply = struct.Struct(hdr + fast("fuse_write_out").struct.format[1:]).pack
+        self._pack_poll_reply = struct.Struct(hdr + fast("fuse_poll_out").struct.format[1:]).pack
+        self._pack_ioctl_reply = struct.Struct(hdr + fast("fuse_ioctl_out").struct.format[1:]).pack
+        self._pack_open_reply = struct.Struct(hdr + fast("fuse_open_out").struct.format[1:]).pack
+        self._write_data = 40 + self._write_in_size  # where a WRITE's payload starts in the request
 
     # ------------------------------------------------------------------ readers
     def start_readers(self) -> None:
@@ -160,6 +171,7 @@ class Session:
         handlers = self.handlers
         lock = self.lock
         rec = self.recorder
+        writev = self.writev
         while True:
             try:
                 n = readv(fd, bufs)
@@ -175,14 +187,21 @@ class Session:
             _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack_header(buf)
             handler = handlers.get(opcode)
             try:
+                # A handler either answers itself and returns None, or returns the reply's
+                # parts: those are written after the lock is released, so a second reader
+                # woken by the next request never blocks on a lock held across a syscall.
                 with lock:
                     if self.stopping:
                         self._answer_while_stopping(fd, opcode, unique)
                         break
                     if handler is not None:
-                        handler(fd, buf, unique, nodeid, uid, gid, pid)
-                    elif opcode not in (OP.FUSE_FORGET, OP.FUSE_BATCH_FORGET, OP.FUSE_NOTIFY_REPLY):
-                        self.send_error(fd, unique, errno.ENOSYS)
+                        parts = handler(fd, buf, unique, nodeid, uid, gid, pid)
+                    else:
+                        parts = None
+                        if opcode not in (OP.FUSE_FORGET, OP.FUSE_BATCH_FORGET, OP.FUSE_NOTIFY_REPLY):
+                            self.send_error(fd, unique, errno.ENOSYS)
+                if parts is not None:
+                    writev(fd, parts)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.EINTR):
                     continue  # our answer came too late: the caller was interrupted or died
@@ -260,10 +279,8 @@ class Session:
         self.writev(fd, [_pack_out(32 + len(data), 0, unique), self._pack_ioctl_out(res, 0, 0, 0), data])
 
     def _open_flags(self, device: Device) -> int:
-        flags = C.FopenFlags.FOPEN_DIRECT_IO
-        if not device.seekable:
-            flags |= C.FopenFlags.FOPEN_NONSEEKABLE | C.FopenFlags.FOPEN_STREAM
-        return int(flags)
+        # Plain ints computed once: IntFlag arithmetic per OPEN costs microseconds.
+        return _FOPEN_SEEKABLE if device.seekable else _FOPEN_STREAM
 
     def _reply_open(self, fd: int, unique: int, ctx: Context) -> None:
         self.writev(fd, [_pack_out(32, 0, unique), self._pack_open_out(ctx.fh, self._open_flags(ctx.device), 0)])
@@ -304,13 +321,14 @@ class Session:
         """The device an OPEN of ``nodeid`` is for (subclasses)."""
         raise OSError(errno.ENOENT, "no such device")
 
-    def _op_open(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_open(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                 pid: int) -> Optional[List[Any]]:
         flags, _ = self._unpack_open_in(buf, 40)
         try:
             device = self.device_for_open(nodeid)
         except OSError as exc:
             self.send_error(fd, unique, exc.errno or errno.ENOENT)
-            return
+            return None
         fh = self._next_fh
         self._next_fh = fh + 1
         ctx = Context(device, fh, flags, self)
@@ -323,10 +341,10 @@ class Session:
         except BaseException as exc:
             self._drop(ctx)
             self._failed(fd, unique, exc, ctx, "open")
-            return
+            return None
         if result is DEFER or result.__class__ is ReplyHandle:
-            return
-        self._reply_open(fd, unique, ctx)
+            return None
+        return [self._pack_open_reply(32, 0, unique, fh, self._open_flags(device), 0)]
 
     def _drop(self, ctx: Context) -> None:
         self.files.pop(ctx.fh, None)
@@ -337,69 +355,94 @@ class Session:
                 del self.by_device[ctx.device]
         ctx.released = True
 
-    def _op_read(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_read(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                 pid: int) -> Optional[List[Any]]:
         fh, offset, size, _, _, flags, _ = self._unpack_read_in(buf, 40)
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
-            return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
+            return None
+        # Separate stores: a 5-target tuple assignment would build and unpack a tuple.
+        ctx.fd = fd
+        ctx.unique = unique
+        ctx.pid = pid
+        ctx.uid = uid
+        ctx.gid = gid
         ctx.nonblock = flags & _O_NONBLOCK
-        ctx.opcode, ctx.size = 15, size  # FUSE_READ
+        ctx.opcode = 15  # FUSE_READ
+        ctx.size = size
         try:
             result = ctx.device.read(ctx, size, offset)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "read")
-            return
+            return None
         cls = result.__class__
         if cls is bytes or cls is bytearray or cls is memoryview:
             n = len(result)
             if n <= size:
-                self.writev(fd, [_pack_out(16 + n, 0, unique), result])
-                return
+                return [_pack_out(16 + n, 0, unique), result]
         if result is DEFER or cls is ReplyHandle:
-            return
+            return None
         try:
             self._reply_read(fd, unique, result, size, ctx)
         except (TypeError, ValueError) as exc:
             self._failed(fd, unique, exc, ctx, "read")
+        return None
 
-    def _op_write(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_write(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                  pid: int) -> Optional[List[Any]]:
         fh, offset, size, _, _, flags, _ = self._unpack_write_in(buf, 40)
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
-            return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
+            return None
+        ctx.fd = fd
+        ctx.unique = unique
+        ctx.pid = pid
+        ctx.uid = uid
+        ctx.gid = gid
         ctx.nonblock = flags & _O_NONBLOCK
-        ctx.opcode, ctx.size = 16, size  # FUSE_WRITE
-        start = 40 + self._write_in_size
+        ctx.opcode = 16  # FUSE_WRITE
+        ctx.size = size
+        device = ctx.device
+        start = self._write_data
+        # One copy straight out of the request buffer (a bytearray slice would copy twice);
+        # a device with ``write_view`` gets the view itself, valid during the call only.
+        data = memoryview(buf)[start:start + size]
         try:
-            result = ctx.device.write(ctx, bytes(buf[start:start + size]), offset)
+            if device.write_view:
+                try:
+                    result = device.write(ctx, data, offset)
+                finally:
+                    data.release()  # the buffer is reused by the next request: no use after the call
+            else:
+                result = device.write(ctx, bytes(data), offset)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "write")
-            return
+            return None
         if result is None:
             result = size
         elif result is DEFER or result.__class__ is ReplyHandle:
-            return
-        self.writev(fd, [_pack_out(24, 0, unique), self._pack_write_out(result, 0)])
+            return None
+        return [self._pack_write_reply(24, 0, unique, result, 0)]
 
-    def _op_release(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_release(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                    pid: int) -> Optional[List[Any]]:
         fh = self._unpack_release_in(buf, 40)[0]
         ctx = self.files.get(fh)
         if ctx is not None:
             self._drop(ctx)
             ctx.fd, ctx.unique = fd, unique
+            device = ctx.device if ctx.device is not GONE else ctx.detached_from  # cleanup still reaches it
             try:
-                ctx.device.release(ctx)
+                device.release(ctx)
             except BaseException as exc:
                 self._failed(fd, unique, exc, ctx, "release")
-                return
-        self.writev(fd, [_pack_out(16, 0, unique)])
+                return None
+        return [_pack_out(16, 0, unique)]
 
     def _simple(self, fd: int, unique: int, opcode: int, fh: int, pid: int, uid: int, gid: int, what: str,
-                *args: Any) -> None:
+                *args: Any) -> Optional[List[Any]]:
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
@@ -410,62 +453,83 @@ class Session:
             result = getattr(ctx.device, what)(ctx, *args)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, what)
-            return
+            return None
         if result is DEFER or result.__class__ is ReplyHandle:
-            return
-        self.writev(fd, [_pack_out(16, 0, unique)])
+            return None
+        return [_pack_out(16, 0, unique)]
 
-    def _op_flush(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
-        self._simple(fd, unique, OP.FUSE_FLUSH, self._unpack_flush_in(buf, 40)[0], pid, uid, gid, "flush")
+    def _op_flush(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                  pid: int) -> Optional[List[Any]]:
+        return self._simple(fd, unique, OP.FUSE_FLUSH, self._unpack_flush_in(buf, 40)[0], pid, uid, gid, "flush")
 
-    def _op_fsync(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_fsync(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                  pid: int) -> Optional[List[Any]]:
         fh, fsync_flags, _ = self._unpack_fsync_in(buf, 40)
-        self._simple(fd, unique, OP.FUSE_FSYNC, fh, pid, uid, gid, "fsync", bool(fsync_flags & C.FsyncFlags.FUSE_FSYNC_FDATASYNC))
+        datasync = bool(fsync_flags & C.FsyncFlags.FUSE_FSYNC_FDATASYNC)
+        return self._simple(fd, unique, OP.FUSE_FSYNC, fh, pid, uid, gid, "fsync", datasync)
 
-    def _op_ioctl(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_ioctl(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                  pid: int) -> Optional[List[Any]]:
         fh, flags, cmd, arg, in_size, out_size = self._unpack_ioctl_in(buf, 40)
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
-            return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
-        ctx.opcode, ctx.size = 39, out_size  # FUSE_IOCTL
-        start = 40 + 32
+            return None
+        ctx.fd = fd
+        ctx.unique = unique
+        ctx.pid = pid
+        ctx.uid = uid
+        ctx.gid = gid
+        ctx.opcode = 39  # FUSE_IOCTL
+        ctx.size = out_size
         try:
-            result = self.call_ioctl(ctx, flags, cmd, arg, bytes(buf[start:start + in_size]), out_size)
+            result = self.call_ioctl(ctx, flags, cmd, arg, bytes(buf[72:72 + in_size]) if in_size else b"", out_size)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "ioctl")
-            return
-        if result is DEFER or result.__class__ is ReplyHandle:
-            return
+            return None
+        cls = result.__class__
+        if cls is bytes and len(result) <= out_size:  # the common _IOR/_IOWR answer
+            return [self._pack_ioctl_reply(32 + len(result), 0, unique, 0, 0, 0, 0), result]
+        if cls is int:
+            return [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)]
+        if result is DEFER or cls is ReplyHandle:
+            return None
         try:
             self._reply_ioctl(fd, unique, result, out_size)
         except (TypeError, ValueError) as exc:
             self._failed(fd, unique, exc, ctx, "ioctl")
+        return None
 
     def call_ioctl(self, ctx: Context, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:
         """Hand an ioctl to the device (the CUSE session adds the unrestricted protocol)."""
         ctx.ioctl_arg = arg
         return ctx.device.ioctl(ctx, cmd, data, out_size)
 
-    def _op_poll(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_poll(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                 pid: int) -> Optional[List[Any]]:
         fh, kh, flags, events = self._unpack_poll_in(buf, 40)
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
-            return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
+            return None
+        ctx.fd = fd
+        ctx.unique = unique
+        ctx.pid = pid
+        ctx.uid = uid
+        ctx.gid = gid
         ctx.opcode = 40  # FUSE_POLL
-        if flags & C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY:
+        if flags & _POLL_SCHEDULE_NOTIFY:
             ctx.poll_kh = kh
         try:
             mask = ctx.device.poll(ctx, events)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "poll")
-            return
-        if mask is DEFER or mask.__class__ is ReplyHandle:
-            return
-        self.writev(fd, [_pack_out(24, 0, unique), self._pack_poll_out(int(mask), 0)])
+            return None
+        if mask.__class__ is not int:
+            if mask is DEFER or mask.__class__ is ReplyHandle:
+                return None
+            mask = int(mask)
+        return [self._pack_poll_reply(24, 0, unique, mask, 0)]
 
     def _op_interrupt(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                       pid: int) -> None:
@@ -515,6 +579,7 @@ class Session:
     def detach_device(self, device: Device) -> None:
         """``device`` is no longer served: its open files now answer ENODEV."""
         for ctx in tuple(self.by_device.get(device, ())):
+            ctx.detached_from = device
             ctx.device = GONE
             self.by_device.setdefault(GONE, set()).add(ctx)
         self.by_device.pop(device, None)

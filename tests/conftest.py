@@ -21,7 +21,7 @@ needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs root and /de
 
 def _fusd_mounts() -> list:
     with open("/proc/mounts") as f:
-        return [line.split()[1] for line in f if " fuse.fusd" in line and "fusdtest" not in line]
+        return [line.split()[1] for line in f if line.split()[2:3] == ["fuse.fusd"]]
 
 
 @pytest.fixture

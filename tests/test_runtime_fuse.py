@@ -446,7 +446,7 @@ def test_with_block_exit_on_exception_unmounts(no_leftover_mounts) -> None:
             srv.add(Hello(), "hello")
             mnt = srv.mountpoint
             assert os.path.exists(os.path.join(mnt, "hello"))
-            1 / 0
+            raise ZeroDivisionError("an exception inside the with block")
     assert not os.path.exists(mnt)
 
 
