@@ -153,6 +153,10 @@ class Device:
     gid: Optional[int] = None
     #: False: a stream like a char device (offsets are 0, no lseek); True: offsets pass through
     seekable: bool = False
+    #: True: ``write`` gets a memoryview of the request buffer instead of a bytes copy.  It
+    #: saves a copy per write (64 KiB writes), but the view is released when ``write``
+    #: returns (the buffer is reused), so copy what you keep.  Default False: safe bytes.
+    write_view: bool = False
     #: the name the device is registered under (set by the server)
     name: str = ""
     #: the session serving this device (set by the server; None while not served)

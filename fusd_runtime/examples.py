@@ -124,6 +124,7 @@ class PerfFile(Device):
     """
 
     seekable = True
+    write_view = True  # write() copies the payload into self.data at once: no bytes copy needed
     size = 65536
 
     def __init__(self) -> None:
@@ -134,7 +135,7 @@ class PerfFile(Device):
     def read(self, ctx: Context, size: int, offset: int) -> Any:
         return self.view[offset:offset + size]
 
-    def write(self, ctx: Context, data: bytes, offset: int) -> int:
+    def write(self, ctx: Context, data: Any, offset: int) -> int:
         end = min(offset + len(data), self.size)
         if offset < end:
             self.data[offset:end] = data[:end - offset]
