@@ -183,7 +183,7 @@ class Session:
                 self._report(exc)
                 break
             if rec is not None:
-                rec.record(self.conn_id, 1, bytes(buf[:n]))
+                rec.record(self.conn_id, 1, memoryview(buf)[:n])  # INBOUND: kernel -> daemon
             _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack_header(buf)
             handler = handlers.get(opcode)
             try:
@@ -224,7 +224,7 @@ class Session:
 
     # ------------------------------------------------------------------ replies
     def _recording_writev(self, fd: int, parts: List[Any]) -> int:
-        self.recorder.record(self.conn_id, 2, b"".join(bytes(p) for p in parts))
+        self.recorder.record(self.conn_id, 2, parts)  # OUTBOUND: daemon -> kernel
         return os.writev(fd, parts)
 
     def send_error(self, fd: int, unique: int, err: int) -> None:

@@ -116,3 +116,19 @@ def test_fusd_demo_runs_and_cleans_up(no_leftover_mounts) -> None:
     for expected in ("transport: fuse", "blocking read: woke", "poll: not ready at first; woke with POLLIN",
                      "-> 42; get -> 42", "latency", "nothing left mounted"):
         assert expected in out.stdout
+
+
+def test_server_records_a_capture_the_decoder_reads(tmp_path, no_leftover_mounts) -> None:
+    from fusd_runtime.examples import Hello
+    cap = tmp_path / "session.pcapng"
+    with Server(record=str(cap)) as srv:
+        srv.add(Hello(b"recorded"), "hello")
+        with open(srv.path("hello"), "rb") as f:
+            assert f.read() == b"recorded"
+    out = subprocess.run([sys.executable, "-m", "fusd_wire", "decode", str(cap)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for expected in ("opcode: INIT (26)", "opcode: LOOKUP (1)", "opcode: OPEN (14)", "opcode: READ (15)",
+                     "opcode: RELEASE (18)"):
+        assert expected in out.stdout
+    assert "b'recorded'" in out.stdout or "recorded" in out.stdout
