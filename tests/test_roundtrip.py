@@ -298,6 +298,8 @@ def test_ioctl_retry_carries_iovecs(minor, fields):
     raw = codec.encode_reply(req, {"fuse_ioctl_out": {"result": -5}, "data": b"\x01\x02"})
     rep = codec.decode_reply(raw, req)
     assert (rep.body.fuse_ioctl_out.result, rep.body.data, rep.body.in_iov) == (-5, b"\x01\x02", None)
+    with pytest.raises(WireError, match="not sent"):  # a RETRY carries iovecs, never data: not silently dropped
+        codec.encode_reply(req, {"fuse_ioctl_out": out, "in_iov": in_iov, "out_iov": out_iov, "data": b"x"})
     short = len(retry[:-16]).to_bytes(4, "little") + retry[4:-16]  # announces 3 iovecs, carries 2
     with pytest.raises(WireError, match="offset 48"):  # where out_iov starts
         codec.decode_reply(short, req)
