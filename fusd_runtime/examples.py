@@ -111,6 +111,7 @@ class Counter(Device):
         return f"{self.value}\n".encode()[offset:offset + size]
 
 
+_pack_int = struct.Struct("<i").pack
 #: the perf harness's ioctl: _IOR('E', 1, int)
 PERF_IOCTL = IOR("E", 1, 4)
 
@@ -136,16 +137,19 @@ class PerfFile(Device):
         return self.view[offset:offset + size]
 
     def write(self, ctx: Context, data: Any, offset: int) -> int:
-        end = min(offset + len(data), self.size)
-        if offset < end:
-            self.data[offset:end] = data[:end - offset]
-        return len(data)
+        n = len(data)
+        end = offset + n
+        if end <= self.size:  # the common case: one copy into place, no slicing of data
+            self.view[offset:end] = data
+        elif offset < self.size:
+            self.view[offset:] = data[:self.size - offset]
+        return n
 
     def ioctl(self, ctx: Context, cmd: int, arg: bytes, out_size: int) -> Any:
         if cmd != PERF_IOCTL:
             raise OSError(errno.ENOTTY, "unknown ioctl")
         self.counter += 1
-        return struct.pack("<i", self.counter)
+        return _pack_int(self.counter)
 
     def poll(self, ctx: Context, events: int) -> int:
         return POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM

@@ -24,7 +24,7 @@ import errno
 import os
 import stat
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fusd_wire import FAST
 from fusd_wire import constants as C
@@ -52,6 +52,7 @@ class FuseSession(Session):
         self.registry = registry
         self.mountpoint = mountpoint
         self.start_time = int(time.time())
+        self._attr_cache: Dict[Node, Tuple[Any, bytes, int]] = {}
         self.handlers.update({
             OP.FUSE_INIT: self._op_init,
             OP.FUSE_LOOKUP: self._op_lookup,
@@ -96,28 +97,41 @@ class FuseSession(Session):
         fast = self.codec.fast("fuse_entry_out")
         return fast.pack(*([node.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
 
-    def _op_lookup(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_lookup(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                   pid: int) -> Optional[List[Any]]:
         end = buf.index(0, 40)
-        name = bytes(buf[40:end]).decode("utf-8", "surrogateescape")
+        name = buf[40:end].decode("utf-8", "surrogateescape")
         parent = self.registry.get(nodeid)
         node = parent.children.get(name) if parent is not None else None
         if node is None:
-            self.send_error(fd, unique, errno.ENOENT)
-            return
+            return [_pack_out(16, -errno.ENOENT, unique)]  # written after the lock is released
         body = self._entry(node)
-        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+        return [_pack_out(16 + len(body), 0, unique), body]
 
     def _attr_reply(self, fd: int, unique: int, node: Node) -> None:
-        fast = self.codec.fast("fuse_attr_out")
-        body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
-        self.writev(fd, [_pack_out(16 + len(body), 0, unique), body])
+        self.writev(fd, self._attr_parts(unique, node))
 
-    def _op_getattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _attr_parts(self, unique: int, node: Node) -> List[Any]:
+        # GETATTR is answered from a per-node cache of the packed fuse_attr_out, checked
+        # against the few fields that can change (SETATTR, a directory's mtime): packing
+        # 19 fields through the codec on every statx() cost more than the rest of the reply.
+        key = (node.mode, node.uid, node.gid, node.mtime)
+        cached = self._attr_cache.get(node)
+        if cached is None or cached[0] != key or cached[2] != self.minor:
+            fast = self.codec.fast("fuse_attr_out")
+            body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
+            if len(self._attr_cache) > 4096:  # removed nodes must not pile up
+                self._attr_cache.clear()
+            self._attr_cache[node] = cached = (key, body, self.minor)
+        body = cached[1]
+        return [_pack_out(16 + len(body), 0, unique), body]
+
+    def _op_getattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+                    pid: int) -> Optional[List[Any]]:
         node = self.registry.get(nodeid)
         if node is None:
-            self.send_error(fd, unique, errno.ENOENT)
-            return
-        self._attr_reply(fd, unique, node)
+            return [_pack_out(16, -errno.ENOENT, unique)]
+        return self._attr_parts(unique, node)  # written after the lock is released
 
     def _op_setattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         node = self.registry.get(nodeid)

@@ -46,6 +46,20 @@ _FOPEN_STREAM = int(C.FopenFlags.FOPEN_DIRECT_IO | C.FopenFlags.FOPEN_NONSEEKABL
 OP = C.fuse_opcode
 
 
+class RequestBuffer(bytearray):
+    """A reader's request buffer, with a memoryview of itself made once.
+
+    WRITE payloads are sliced from ``view`` (one copy, or none for ``write_view``
+    devices) without creating a memoryview per request.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.view = memoryview(self)
+
+
 class _GoneDevice(Device):
     """Stands in for a device removed while files were open: every call answers ENODEV."""
 
@@ -164,12 +178,14 @@ class Session:
         return fd
 
     def _reader(self, fd: int) -> None:
-        buf = bytearray(self.bufsize)
+        buf = RequestBuffer(self.bufsize)
         bufs = [buf]
         readv = os.readv
         unpack_header = _IN_HEADER.unpack_from
         handlers = self.handlers
-        lock = self.lock
+        # acquire/release instead of ``with``: half the cost (~55 ns) on every request
+        acquire = self.lock.acquire
+        release = self.lock.release
         rec = self.recorder
         writev = self.writev
         while True:
@@ -190,7 +206,8 @@ class Session:
                 # A handler either answers itself and returns None, or returns the reply's
                 # parts: those are written after the lock is released, so a second reader
                 # woken by the next request never blocks on a lock held across a syscall.
-                with lock:
+                acquire()
+                try:
                     if self.stopping:
                         self._answer_while_stopping(fd, opcode, unique)
                         break
@@ -200,6 +217,8 @@ class Session:
                         parts = None
                         if opcode not in (OP.FUSE_FORGET, OP.FUSE_BATCH_FORGET, OP.FUSE_NOTIFY_REPLY):
                             self.send_error(fd, unique, errno.ENOSYS)
+                finally:
+                    release()
                 if parts is not None:
                     writev(fd, parts)
             except OSError as exc:
@@ -335,7 +354,10 @@ class Session:
         ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
         ctx.opcode = 14  # FUSE_OPEN
         self.files[fh] = ctx
-        self.by_device.setdefault(device, set()).add(ctx)
+        ctxs = self.by_device.get(device)
+        if ctxs is None:
+            self.by_device[device] = ctxs = set()
+        ctxs.add(ctx)
         try:
             result = device.open(ctx)
         except BaseException as exc:
@@ -408,7 +430,7 @@ class Session:
         start = self._write_data
         # One copy straight out of the request buffer (a bytearray slice would copy twice);
         # a device with ``write_view`` gets the view itself, valid during the call only.
-        data = memoryview(buf)[start:start + size]
+        data = buf.view[start:start + size] if buf.__class__ is RequestBuffer else memoryview(buf)[start:start + size]
         try:
             if device.write_view:
                 try:
@@ -460,7 +482,25 @@ class Session:
 
     def _op_flush(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
-        return self._simple(fd, unique, OP.FUSE_FLUSH, self._unpack_flush_in(buf, 40)[0], pid, uid, gid, "flush")
+        # Every close(2) sends one: spelled out instead of ``_simple`` (no getattr, no *args).
+        ctx = self.files.get(self._unpack_flush_in(buf, 40)[0])
+        if ctx is None:
+            self.send_error(fd, unique, errno.EBADF)
+            return None
+        ctx.fd = fd
+        ctx.unique = unique
+        ctx.pid = pid
+        ctx.uid = uid
+        ctx.gid = gid
+        ctx.opcode = 25  # FUSE_FLUSH
+        try:
+            result = ctx.device.flush(ctx)
+        except BaseException as exc:
+            self._failed(fd, unique, exc, ctx, "flush")
+            return None
+        if result is DEFER or result.__class__ is ReplyHandle:
+            return None
+        return [_pack_out(16, 0, unique)]
 
     def _op_fsync(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
