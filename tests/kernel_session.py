@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from fusd_wire import Codec, Request
+from fusd_wire import FAST, Codec, Request, WireError
 from fusd_wire import constants as C
+from fusd_wire.layouts import layout
 
 FSTYPE = "fuse.fusdtest"
 FILE_NAME = "dev"
@@ -52,6 +53,8 @@ POLL_READY = select.POLLIN | select.POLLRDNORM
 
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
+
+_NO_REPLY = {C.FUSE_FORGET, C.FUSE_BATCH_FORGET, C.FUSE_INTERRUPT, C.FUSE_NOTIFY_REPLY}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -90,8 +93,9 @@ class KernelSession:
         error: an exception the daemon thread died with (re-raised by ``__exit__``).
     """
 
-    def __init__(self, mountpoint: Path) -> None:
+    def __init__(self, mountpoint: Path, minor: int = C.FUSE_KERNEL_MINOR_VERSION) -> None:
         self.mountpoint = str(mountpoint)
+        self.minor = minor  # the daemon's own minor: INIT answers min(kernel, this)
         self.file = os.path.join(self.mountpoint, FILE_NAME)
         self.messages: List[Tuple[str, bytes]] = []
         self.kernel_minor: Optional[int] = None
@@ -138,11 +142,7 @@ class KernelSession:
                 err = ctypes.get_errno()
                 if err != errno.EINVAL:  # EINVAL: not a mountpoint (any more)
                     raise OSError(err, f"umount2 {self.mountpoint}: {os.strerror(err)}")
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._fd >= 0:
-            os.close(self._fd)  # the last /dev/fuse reference: aborts the connection for stragglers
-            self._fd = -1
+        self.abort()  # the last /dev/fuse reference goes: the connection is aborted for stragglers
         if self._created_dir:
             try:
                 os.rmdir(self.mountpoint)
@@ -168,9 +168,28 @@ class KernelSession:
                     raise
                 raw = bytes(buf[:n])
                 self.messages.append(("kernel", raw))
-                self._handle(self._codec.decode_request(raw))
+                try:
+                    req = self._codec.decode_request(raw)
+                except WireError as exc:
+                    # The codec refused what the kernel sent: answer EIO so the client fails fast
+                    # (instead of hanging), remember why, keep serving.
+                    self.error = self.error or exc
+                    if int.from_bytes(raw[4:8], "little") not in _NO_REPLY:
+                        self._send(FAST.fuse_out_header.pack(16, -errno.EIO, int.from_bytes(raw[8:16], "little")))
+                    continue
+                self._handle(req)
         except BaseException as exc:  # recorded, re-raised in the test thread by __exit__
             self.error = exc
+
+    def abort(self) -> None:
+        """Stop the daemon and close /dev/fuse: the kernel aborts the connection, so every
+        request still waiting fails with ECONNABORTED and no client can stay stuck."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _send(self, msg: bytes) -> None:
         self.messages.append(("daemon", msg))
@@ -183,26 +202,36 @@ class KernelSession:
     def _reply(self, req: Request, body: Optional[Dict[str, Any]] = None, error: int = 0) -> None:
         self._send(self._codec.encode_reply(req, body, error=error))
 
+    def _fit(self, name: str, value: Dict[str, Any], minor: Optional[int] = None) -> Dict[str, Any]:
+        """``value`` without the fields struct ``name`` lacks at the negotiated minor.
+
+        The codec refuses fields an old layout does not have (rather than drop them silently),
+        so a daemon that speaks an old minor must leave them out itself.
+        """
+        return _prune(value, layout(name, self._codec.minor if minor is None else minor))
+
     def _handle(self, req: Request) -> None:
         op, body = req.opcode, req.body
         if op == C.FUSE_INIT:
             init_in = body.fuse_init_in
             self.kernel_minor = init_in.minor
             wanted = C.FUSE_ASYNC_READ | C.FUSE_BIG_WRITES | C.FUSE_MAX_PAGES | C.FUSE_INIT_EXT
-            out = dict(major=C.FUSE_KERNEL_VERSION, minor=min(init_in.minor, C.FUSE_KERNEL_MINOR_VERSION),
+            out = dict(major=C.FUSE_KERNEL_VERSION, minor=min(init_in.minor, self.minor),
                        max_readahead=init_in.max_readahead, flags=init_in.flags & wanted, max_background=16,
                        congestion_threshold=12, max_write=MAX_WRITE, time_gran=1, max_pages=MAX_WRITE // 4096)
-            self._reply(req, {"fuse_init_out": out})
+            self._reply(req, {"fuse_init_out": self._fit("fuse_init_out", out, out["minor"])})
             self._codec = self._codec.negotiated(out)
         elif op == C.FUSE_LOOKUP:
             if req.header.nodeid == C.FUSE_ROOT_ID and body.name == FILE_NAME.encode():
-                self._reply(req, {"fuse_entry_out": dict(nodeid=FILE_INO, entry_valid=1, attr=self._attr(FILE_INO))})
+                self._reply(req, {"fuse_entry_out": self._fit("fuse_entry_out", dict(
+                    nodeid=FILE_INO, entry_valid=1, attr=self._attr(FILE_INO)))})
             else:
                 self._reply(req, error=-errno.ENOENT)
         elif op == C.FUSE_GETATTR:
             if req.header.nodeid in (C.FUSE_ROOT_ID, FILE_INO):
                 # attr_valid 0: every stat/fstat reaches the daemon, so GETATTR is always captured.
-                self._reply(req, {"fuse_attr_out": dict(attr=self._attr(req.header.nodeid))})
+                attr = self._attr(req.header.nodeid)
+                self._reply(req, {"fuse_attr_out": self._fit("fuse_attr_out", dict(attr=attr))})
             else:
                 self._reply(req, error=-errno.ENOENT)
         elif op == C.FUSE_OPEN:
@@ -254,6 +283,11 @@ class KernelSession:
         return dict(ino=ino, size=FILE_SIZE, mode=stat.S_IFREG | 0o666, nlink=1, blksize=4096)
 
 
+def _prune(value: Dict[str, Any], schema: Any) -> Dict[str, Any]:
+    subs = {sc.name: (sc.subcon if hasattr(sc, "subcon") else sc) for sc in schema.subcons}
+    return {k: (_prune(v, subs[k]) if isinstance(v, dict) else v) for k, v in value.items() if k in subs}
+
+
 # ---------------------------------------------------------------------- clients
 
 _CLIENT = r"""
@@ -292,22 +326,33 @@ os.close(fd)
 """
 
 
-def _run(args: List[str], timeout: float) -> subprocess.CompletedProcess:
+def _reap(proc: subprocess.Popen, session: KernelSession) -> None:
+    """Kill and reap a child that is still running.  A child stuck in a FUSE request may not
+    even die of SIGKILL until its request ends, so if it lingers, abort the connection."""
+    if proc.poll() is not None:
+        return
+    proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        session.abort()
+        proc.wait(timeout=10)
+
+
+def _run(args: List[str], session: KernelSession, timeout: float) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc, session)
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def run_client(session: KernelSession, timeout: float = 30) -> Dict[str, Any]:
     """open/fstat/read/write/ioctl/poll/close on the session's file, from a separate process."""
-    done = _run([sys.executable, "-c", _CLIENT, session.file, str(IOCTL_CMD)], timeout)
+    done = _run([sys.executable, "-c", _CLIENT, session.file, str(IOCTL_CMD)], session, timeout)
     if done.returncode != 0:
-        raise AssertionError(f"client failed ({done.returncode}): {done.stderr}")
+        raise AssertionError(f"client failed ({done.returncode}): {done.stderr}; daemon: {session.error!r}")
     return json.loads(done.stdout)
 
 
@@ -327,9 +372,7 @@ def run_interrupted_read(session: KernelSession, timeout: float = 30) -> str:
             raise AssertionError(f"interrupted reader failed ({proc.returncode}): {err}")
         return out.split()[-1]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc, session)
 
 
 def run_scenario(session: KernelSession) -> Tuple[Dict[str, Any], str]:
