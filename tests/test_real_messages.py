@@ -179,11 +179,7 @@ def no_leftovers():
 #: Minors the daemon answers INIT with.  Old ones make the kernel use the compat layouts
 #: (init_out 24 B < 7.23, entry_out/attr_out/write_in short < 7.9): the codec must agree.
 DAEMON_MINORS = [
-    45, 38, 22, 12, 9,
-    pytest.param(8, marks=pytest.mark.xfail(strict=True, reason=(
-        "codec bug (not fixed here, see report): layouts.COMPAT_SIZES says fuse_getattr_in is absent and "
-        "fuse_read_in is 24 B below 7.9, but a kernel that itself speaks >= 7.9 sends both at full size "
-        "whatever the daemon's minor (seen live: GETATTR 56 B, READ 80 B at negotiated 7.8)"))),
+    45, 38, 22, 12, 9, 8,
 ]
 
 
