@@ -1,6 +1,7 @@
-"""Serve ``PerfFile`` as ``dev0`` for the shared perf harness (``shared/perf/run.sh``).
+"""Serve ``PerfFile`` as ``dev0`` for the shared perf harness (``shared/perf/run.sh``) and ``fusd bench``.
 
-    python -m fusd_runtime.perfserver MOUNTPOINT [--readers N] [--count]
+    python -m fusd_runtime.perfserver MOUNTPOINT [--readers N] [--device module:Class]
+                                      [--pipe] [--transport fuse|cuse]
 
 The harness wants a foreground server whose mount holds a 64 KiB, direct-I/O,
 seekable ``dev0`` with the ``_IOR('E', 1, int)`` ioctl and a poll handler: that is
@@ -8,30 +9,64 @@ exactly :class:`~fusd_runtime.examples.PerfFile`, served by the ordinary
 :class:`~fusd_runtime.server.Server` so the numbers are those of the real runtime,
 not of a special benchmark path.  SIGTERM/SIGINT stop ``serve_forever`` cleanly,
 which unmounts (the harness unmounts first anyway; both are fine).
+
+``fusd bench`` runs it as a separate process (a client and a server sharing one
+interpreter would share its GIL, which is not what a real client sees), adds a
+``PipeDevice`` as ``pipe0`` for the poll-wakeup measurement (``--pipe``) and reads
+the device paths from the one ``READY`` line printed on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from .examples import PerfFile
-from .server import Server
+from .examples import PerfFile, PipeDevice
+
+
+def load_device(spec: str) -> Any:
+    """``module:Class`` (or ``path/file.py:Class``) -> an instance of that device class."""
+    from .cli import load_device_class
+    return load_device_class(spec)()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Parse the arguments, mount, serve until a signal or unmount."""
+    """Parse the arguments, mount (or create CUSE nodes), serve until a signal or unmount."""
     p = argparse.ArgumentParser(prog="python -m fusd_runtime.perfserver",
                                 description="Serve the perf harness's dev0 (PerfFile) with fusd_runtime.")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?", help="FUSE mount directory (not used with --transport cuse)")
     p.add_argument("--readers", type=int, default=2, help="reader threads (default 2)")
+    p.add_argument("--device", help="serve module:Class as dev0 instead of PerfFile")
+    p.add_argument("--pipe", action="store_true", help="also serve a PipeDevice as pipe0 (poll wakeups)")
+    p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
-    server = Server(args.mountpoint, readers=args.readers)
-    server.add(PerfFile(), "dev0")
+    device = load_device(args.device) if args.device else PerfFile()
+    if args.transport == "cuse":
+        from .cuse import CuseServer, cuse_available  # only where CUSE is asked for
+        if not cuse_available():
+            print("cuse: not available here (needs /dev/cuse and root)", file=sys.stderr)
+            return 2
+        server: Any = CuseServer(readers=args.readers)
+        prefix = f"fusd-bench-{os.getpid()}-"
+    else:
+        if not args.mountpoint:
+            p.error("a MOUNTPOINT is needed for FUSE")
+        from .server import Server
+        server = Server(args.mountpoint, readers=args.readers)
+        prefix = ""
+    server.add(device, prefix + "dev0")
+    if args.pipe:
+        server.add(PipeDevice(), prefix + "pipe0")
+
+    def ready() -> None:
+        names = ["dev0"] + (["pipe0"] if args.pipe else [])
+        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names), flush=True)
+
     try:
-        server.serve_forever()
+        server.serve_forever(ready=ready)
     except KeyboardInterrupt:
         pass
     return 0
