@@ -409,7 +409,7 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
             row = run_client(exe, op, target, iterations, warmup, ccpu)
             row["target"] = name
             rows.append(row)
-    return {"rows": rows, "client": "C (gcc, compiled at run time)" if exe else "Python (no C compiler)",
+    return {"rows": rows, "client": "C (gcc, compiled at run time)" if exe else "Python (os.pread etc.; slower loop)",
             "pin": pin, "transport": transport, "readers": readers, "iterations": iterations,
             "device": device or "fusd_runtime.examples:PerfFile"}
 

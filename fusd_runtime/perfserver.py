@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, List, Optional
 
-from .examples import PerfFile, PipeDevice
+from .examples import Counter, PerfFile, PipeDevice
 
 
 def load_device(spec: str) -> Any:
@@ -39,7 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("mountpoint", nargs="?", help="FUSE mount directory (not used with --transport cuse)")
     p.add_argument("--readers", type=int, default=2, help="reader threads (default 2)")
     p.add_argument("--device", help="serve module:Class as dev0 instead of PerfFile")
-    p.add_argument("--pipe", action="store_true", help="also serve a PipeDevice as pipe0 (poll wakeups)")
+    p.add_argument("--pipe", action="store_true",
+                   help="also serve a PipeDevice as pipe0 (poll wakeups) and a Counter as counter0")
     p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
@@ -60,9 +61,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     server.add(device, prefix + "dev0")
     if args.pipe:
         server.add(PipeDevice(), prefix + "pipe0")
+        server.add(Counter(), prefix + "counter0")  # an _IOWR ioctl: a struct in and out
 
     def ready() -> None:
-        names = ["dev0"] + (["pipe0"] if args.pipe else [])
+        names = ["dev0"] + (["pipe0", "counter0"] if args.pipe else [])
         print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names), flush=True)
 
     try:
