@@ -2,9 +2,13 @@
 
 - ``Device``, ``Context``, ``ReplyHandle``, ``DEFER``: the device author's API (``device.py``).
 - ``Server``: serves devices as files of a FUSE mount (``server.py``).
+- ``CuseServer``: serves each device as a real ``/dev/NAME`` node through CUSE (``cuse.py``);
+  ``open_server(transport="auto")`` picks CUSE where ``cuse_available()``.
+- ``ioctl``/``Arg``/``Pointer``/``Flex``: declared ioctl arguments (``ioctl.py``).
 - ``fusd``: the FUSD-compatible procedural API (``register``/``unregister``/``fusd_return``).
 """
 
+from .cuse import CuseServer, cuse_available, open_server
 from .device import (
     DEFAULT_POLLMASK,
     DEFER,
@@ -19,10 +23,12 @@ from .device import (
     Device,
     ReplyHandle,
 )
+from .ioctl import IN, INOUT, OUT, Arg, Flex, Pointer, ioctl
 from .mount import MountError
 from .server import Server
 
 __all__ = [
     "DEFAULT_POLLMASK", "DEFER", "POLLERR", "POLLHUP", "POLLIN", "POLLOUT", "POLLPRI", "POLLRDNORM", "POLLWRNORM",
     "Context", "Device", "MountError", "ReplyHandle", "Server",
+    "CuseServer", "cuse_available", "open_server", "IN", "INOUT", "OUT", "Arg", "Flex", "Pointer", "ioctl",
 ]

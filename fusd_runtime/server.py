@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .device import Device
 from .fusefs import FuseSession, node_path
+from .ioctl import check_ioctls
 from .mount import Mount
 from .registry import Registry
 
@@ -51,38 +52,20 @@ class TimerHandle:
         self.cancelled = True
 
 
-class Server:
-    """Serves devices as files of a FUSE mount (this class) — CUSE: see ``cuse.CuseServer``.
+class ServerBase:
+    """What every transport's server shares: the event loop, start/stop/serve_forever, ``with``.
 
-    Args:
-        mountpoint: the directory the devices appear in; None creates a temporary
-            one (removed again on stop).
-        readers: reader threads (default 2: one stays blocked in the kernel while
-            the other runs Python, which avoids a costly cross-CPU wakeup per call).
-        allow_other: let other users use the devices (default: when root).
-        mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
-        record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
-        uid, gid: default owner of device files (default: the server's).
+    A transport subclass provides ``_open_transport()`` (start serving the
+    registered devices), ``_close_transport()`` (stop, leave nothing behind) and
+    ``_callback_lock()`` (the lock device callbacks run under).
     """
 
-    transport = "fuse"
+    transport = ""
 
-    def __init__(self, mountpoint: Optional[str] = None, *, readers: int = 2, allow_other: Optional[bool] = None,
-                 mount_method: str = "auto", record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, fsname: str = "fusd") -> None:
-        self.mountpoint = mountpoint
-        self._own_mountpoint = False
-        self.readers = readers
-        self.allow_other = allow_other
-        self.mount_method = mount_method
-        self.fsname = fsname
-        self.uid = os.geteuid() if uid is None else uid
-        self.gid = os.getegid() if gid is None else gid
-        self.registry = Registry(self.uid, self.gid)
+    def __init__(self, *, record: Any = None) -> None:
         self._record = record
         self.recorder: Any = None
-        self.mount: Optional[Mount] = None
-        self.session: Optional[FuseSession] = None
+        self._serving = False
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -94,58 +77,23 @@ class Server:
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._closed = False
+        self._unlocked: Tuple[Callable[..., Any], ...] = (self._selector.register, self._selector.unregister)
         self.errors: List[BaseException] = []
 
-    # ------------------------------------------------------------------ devices
-    def add(self, device: Device, name: Optional[str] = None, *, mode: Optional[int] = None,
-            uid: Optional[int] = None, gid: Optional[int] = None) -> Device:
-        """Register ``device`` under ``name`` (``input/event0`` makes a subdirectory); any time."""
-        name = name or device.name or type(device).__name__.lower()
-        mode = device.mode if mode is None else mode
-        uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
-        gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
-        self.registry.add(name, device, mode, uid, gid)
-        device.name = name
-        device.session = self.session
-        return device
+    # ------------------------------------------------------------------ transport hooks
+    def _open_transport(self) -> None:
+        raise NotImplementedError
 
-    def remove(self, device: Union[Device, str]) -> None:
-        """Unregister a device (by object or name); its open files then answer ENODEV."""
-        node = self.registry.find(device) if isinstance(device, Device) else \
-            self.registry.lookup_path(self.registry.split(device))
-        if node is None or node.device is None:
-            raise KeyError(f"no such device: {device!r}")
-        dev = node.device
-        removed = self.registry.remove(node.path)
-        session = self.session
-        if session is not None:
-            with session.lock:
-                session.detach_device(dev)
-            notes = [(n.parent.nodeid, n.name) for n in removed if n.parent is not None]
-            # Notifications may wait for the kernel's directory locks: never send them under our lock.
-            self.call_soon_threadsafe(self._invalidate, notes)
-        dev.session = None
+    def _close_transport(self) -> None:
+        raise NotImplementedError
 
-    def _invalidate(self, notes: List[Tuple[int, str]]) -> None:
-        if self.session is not None:
-            for parent, name in notes:
-                self.session.invalidate(parent, name)
-
-    def path(self, name: Union[str, Device]) -> str:
-        """The file a client opens for device ``name``."""
-        if self.mountpoint is None:
-            raise RuntimeError("the server is not started")
-        if isinstance(name, Device):
-            return node_path(self.mountpoint, self.registry.find(name))
-        return os.path.join(self.mountpoint, *self.registry.split(name))
-
-    def devices(self) -> Dict[str, Device]:
-        """Registered devices by name."""
-        return {n.path: n.device for n in self.registry.devices() if n.device is not None}
+    def _callback_lock(self) -> Any:
+        """The lock device callbacks run under (None: not serving)."""
+        return None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> Server:
-        """Mount, start the readers and run the event loop in a background thread."""
+    def start(self) -> ServerBase:
+        """Start serving and run the event loop in a background thread."""
         self._start_serving()
         if self._loop_thread is None:
             self._loop_thread = threading.Thread(target=self._run_loop, name="fusd-loop", daemon=True)
@@ -153,32 +101,21 @@ class Server:
         return self
 
     def _start_serving(self) -> None:
-        if self.session is not None:
+        if self._serving:
             return
         if self._closed:
             raise RuntimeError("a stopped server cannot be started again")
         try:
             if self._record is not None and self.recorder is None:
                 self.recorder = _open_recorder(self._record)
-            if self.mountpoint is None:
-                self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
-                self._own_mountpoint = True
-            self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
-                               method=self.mount_method)
-            self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
-                                       recorder=self.recorder, on_error=self._on_error)
-            for node in self.registry.devices():
-                if node.device is not None:
-                    node.device.session = self.session
-            self.session.start_readers()
-            if not self.session.initialized.wait(10):
-                raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+            self._open_transport()
+            self._serving = True
         except BaseException:
             self._teardown()
             raise
 
     def serve_forever(self, ready: Optional[Callable[[], Any]] = None) -> None:
-        """Serve until ``stop()``, SIGINT or SIGTERM; always unmounts before returning.
+        """Serve until ``stop()``, SIGINT or SIGTERM; always cleans up before returning.
 
         ``ready()`` is called once the devices are being served.
         """
@@ -197,7 +134,7 @@ class Server:
             self.stop()
 
     def stop(self, wait: bool = True) -> None:
-        """Stop serving: fail pending calls, stop readers, unmount, close.  Idempotent."""
+        """Stop serving: fail pending calls, stop readers, remove the devices, close.  Idempotent."""
         self._stop_requested.set()
         self._wake()
         if not wait:
@@ -210,36 +147,21 @@ class Server:
         if self._closed:
             return
         self._closed = True
-        session, self.session = self.session, None
+        self._serving = False
         try:
-            if session is not None:
-                session.stop_readers()
+            self._close_transport()
         finally:
-            try:
-                if self.mount is not None:
-                    self.mount.close()
-            finally:
-                if session is not None:
-                    session.close_fds()
-                for node in self.registry.devices():
-                    if node.device is not None:
-                        node.device.session = None
-                if self.recorder is not None and self._record is not self.recorder:
-                    self.recorder.close()
-                if self._own_mountpoint and self.mountpoint:
-                    try:
-                        os.rmdir(self.mountpoint)
-                    except OSError:
-                        shutil.rmtree(self.mountpoint, ignore_errors=True)
-                for fd in (self._wake_r, self._wake_w):
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-                self._selector.close()
-                self._stopped.set()
+            if self.recorder is not None and self._record is not self.recorder:
+                self.recorder.close()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._selector.close()
+            self._stopped.set()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> ServerBase:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -309,16 +231,146 @@ class Server:
                 self._run_callback(callback, *args)
 
     def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
-        session = self.session
+        lock = self._callback_lock()
         try:
-            if session is not None and callback not in (self._selector.register, self._selector.unregister,
-                                                        self._invalidate):
-                with session.lock:
+            if lock is not None and callback not in self._unlocked:
+                with lock:
                     callback(*args)
             else:
                 callback(*args)
         except Exception:
             log.exception("fusd: loop callback %r raised", callback)
+
+
+class Server(ServerBase):
+    """Serves devices as files of a FUSE mount (this class) — CUSE: see ``cuse.CuseServer``.
+
+    Args:
+        mountpoint: the directory the devices appear in; None creates a temporary
+            one (removed again on stop).
+        readers: reader threads (default 2: one stays blocked in the kernel while
+            the other runs Python, which avoids a costly cross-CPU wakeup per call).
+        allow_other: let other users use the devices (default: when root).
+        mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
+        record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
+        uid, gid: default owner of device files (default: the server's).
+    """
+
+    transport = "fuse"
+
+    def __init__(self, mountpoint: Optional[str] = None, *, readers: int = 2, allow_other: Optional[bool] = None,
+                 mount_method: str = "auto", record: Any = None, uid: Optional[int] = None,
+                 gid: Optional[int] = None, fsname: str = "fusd") -> None:
+        super().__init__(record=record)
+        self.mountpoint = mountpoint
+        self._own_mountpoint = False
+        self.readers = readers
+        self.allow_other = allow_other
+        self.mount_method = mount_method
+        self.fsname = fsname
+        self.uid = os.geteuid() if uid is None else uid
+        self.gid = os.getegid() if gid is None else gid
+        self.registry = Registry(self.uid, self.gid)
+        self.mount: Optional[Mount] = None
+        self.session: Optional[FuseSession] = None
+        self._unlocked += (self._invalidate,)
+
+    # ------------------------------------------------------------------ devices
+    def add(self, device: Device, name: Optional[str] = None, *, mode: Optional[int] = None,
+            uid: Optional[int] = None, gid: Optional[int] = None) -> Device:
+        """Register ``device`` under ``name`` (``input/event0`` makes a subdirectory); any time."""
+        name = name or device.name or type(device).__name__.lower()
+        mode = device.mode if mode is None else mode
+        uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
+        gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
+        check_ioctls(device, self.transport)
+        self.registry.add(name, device, mode, uid, gid)
+        device.name = name
+        device.session = self.session
+        return device
+
+    def remove(self, device: Union[Device, str]) -> None:
+        """Unregister a device (by object or name); its open files then answer ENODEV."""
+        node = self.registry.find(device) if isinstance(device, Device) else \
+            self.registry.lookup_path(self.registry.split(device))
+        if node is None or node.device is None:
+            raise KeyError(f"no such device: {device!r}")
+        dev = node.device
+        removed = self.registry.remove(node.path)
+        session = self.session
+        if session is not None:
+            with session.lock:
+                session.detach_device(dev)
+            notes = [(n.parent.nodeid, n.name) for n in removed if n.parent is not None]
+            # Notifications may wait for the kernel's directory locks: never send them under our lock.
+            self.call_soon_threadsafe(self._invalidate, notes)
+        dev.session = None
+
+    def _invalidate(self, notes: List[Tuple[int, str]]) -> None:
+        if self.session is not None:
+            for parent, name in notes:
+                self.session.invalidate(parent, name)
+
+    def path(self, name: Union[str, Device]) -> str:
+        """The file a client opens for device ``name``."""
+        if self.mountpoint is None:
+            raise RuntimeError("the server is not started")
+        if isinstance(name, Device):
+            return node_path(self.mountpoint, self.registry.find(name))
+        return os.path.join(self.mountpoint, *self.registry.split(name))
+
+    def devices(self) -> Dict[str, Device]:
+        """Registered devices by name."""
+        return {n.path: n.device for n in self.registry.devices() if n.device is not None}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Server:
+        """Mount, start the readers and run the event loop in a background thread."""
+        super().start()
+        return self
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def _callback_lock(self) -> Any:
+        session = self.session
+        return session.lock if session is not None else None
+
+    def _open_transport(self) -> None:
+        if self.mountpoint is None:
+            self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
+            self._own_mountpoint = True
+        self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
+                           method=self.mount_method)
+        self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
+                                   recorder=self.recorder, on_error=self._on_error)
+        for node in self.registry.devices():
+            if node.device is not None:
+                node.device.session = self.session
+        self.session.start_readers()
+        if not self.session.initialized.wait(10):
+            raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+
+    def _close_transport(self) -> None:
+        session, self.session = self.session, None
+        try:
+            if session is not None:
+                session.stop_readers()
+        finally:
+            try:
+                if self.mount is not None:
+                    self.mount.close()
+            finally:
+                if session is not None:
+                    session.close_fds()
+                for node in self.registry.devices():
+                    if node.device is not None:
+                        node.device.session = None
+                if self._own_mountpoint and self.mountpoint:
+                    try:
+                        os.rmdir(self.mountpoint)
+                    except OSError:
+                        shutil.rmtree(self.mountpoint, ignore_errors=True)
 
 
 def _open_recorder(target: Any) -> Any:

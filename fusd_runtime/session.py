@@ -29,6 +29,7 @@ from fusd_wire import FAST, Codec
 from fusd_wire import constants as C
 
 from .device import DEFER, Context, Device, ReplyHandle
+from .ioctl import IoctlRetry, call_declared, ioctl_table, restricted_decode, restricted_encoder
 
 log = logging.getLogger("fusd")
 
@@ -38,6 +39,7 @@ _IN_HEADER_SIZE = _IN_HEADER.size
 _pack_out = _OUT_HEADER.pack
 _O_NONBLOCK = os.O_NONBLOCK
 _NOTIFY_POLL = int(C.fuse_notify_code.FUSE_NOTIFY_POLL)
+_IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
 _POLL_SCHEDULE_NOTIFY = int(C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY)
 _FOPEN_SEEKABLE = int(C.FopenFlags.FOPEN_DIRECT_IO)
 _FOPEN_STREAM = int(C.FopenFlags.FOPEN_DIRECT_IO | C.FopenFlags.FOPEN_NONSEEKABLE | C.FopenFlags.FOPEN_STREAM)
@@ -99,6 +101,7 @@ class Session:
         self.files: Dict[int, Context] = {}
         self.by_device: Dict[Device, Set[Context]] = {}
         self.deferred: Dict[int, ReplyHandle] = {}
+        self.ioctl_encoders: Dict[int, Callable[[Any], Any]] = {}  # unique -> encoder of a deferred declared ioctl
         self._next_fh = 1
         self.minor = C.FUSE_KERNEL_MINOR_VERSION
         self.init_flags = 0
@@ -248,6 +251,8 @@ class Session:
 
     def send_error(self, fd: int, unique: int, err: int) -> None:
         """Answer ``unique`` with ``-err``."""
+        if self.ioctl_encoders:
+            self.ioctl_encoders.pop(unique, None)
         self.writev(fd, [_pack_out(16, -err, unique)])
 
     def send_result(self, fd: int, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
@@ -258,7 +263,8 @@ class Session:
             elif opcode == OP.FUSE_WRITE:
                 self.writev(fd, [_pack_out(24, 0, unique), self._pack_write_out(size if result is None else result, 0)])
             elif opcode == OP.FUSE_IOCTL:
-                self._reply_ioctl(fd, unique, result, size)
+                encode = self.ioctl_encoders.pop(unique, None)
+                self._reply_ioctl(fd, unique, result if encode is None else encode(result), size)
             elif opcode == OP.FUSE_POLL:
                 self.writev(fd, [_pack_out(24, 0, unique), self._pack_poll_out(result, 0)])
             elif opcode == OP.FUSE_OPEN:
@@ -288,6 +294,11 @@ class Session:
             result = 0
         if result.__class__ is int:
             self.writev(fd, [_pack_out(32, 0, unique), self._pack_ioctl_out(result, 0, 0, 0)])
+            return
+        if result.__class__ is IoctlRetry:
+            iovs = [self._pack_ioctl_iovec(base, n) for base, n in result.in_iovs + result.out_iovs]
+            self.writev(fd, [_pack_out(32 + 16 * len(iovs), 0, unique),
+                             self._pack_ioctl_out(0, _IOCTL_RETRY, len(result.in_iovs), len(result.out_iovs)), *iovs])
             return
         if isinstance(result, tuple):
             res, data = result
@@ -541,9 +552,27 @@ class Session:
         return None
 
     def call_ioctl(self, ctx: Context, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:
-        """Hand an ioctl to the device (the CUSE session adds the unrestricted protocol)."""
+        """Hand an ioctl to the device (the CUSE session adds the unrestricted protocol).
+
+        Here the kernel already copied ``_IOC_SIZE(cmd)`` bytes in (restricted
+        ioctls); a command the device declared (``ioctl.Arg``) is decoded with its
+        schema and the handler's result encoded back.
+        """
         ctx.ioctl_arg = arg
-        return ctx.device.ioctl(ctx, cmd, data, out_size)
+        spec = ioctl_table(ctx.device).get(cmd)
+        if spec is None:
+            return ctx.device.ioctl(ctx, cmd, data, out_size)
+        value = restricted_decode(spec, data)
+        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value))
+
+    def finish_declared(self, ctx: Context, spec: Any, value: Any, out_size: int,
+                        encode: Callable[[Any], Any]) -> Any:
+        """Call a declared ioctl's handler; encode its result now or, if it defers, when answered."""
+        result = call_declared(spec, ctx, value, out_size)
+        if result is DEFER or result.__class__ is ReplyHandle:
+            self.ioctl_encoders[ctx.unique] = encode
+            return result
+        return encode(result)
 
     def _op_poll(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                  pid: int) -> Optional[List[Any]]:

@@ -1,0 +1,212 @@
+"""Declared ioctl arguments: the FUSE (restricted) subset against the real kernel, the clear
+refusals, and the unrestricted round planner driven by a model of the kernel's retry loop.
+
+The CUSE tier (tests/cuse) proves the unrestricted protocol against the real CUSE
+kernel; here the same planner runs against ``KernelModel``, which follows
+fs/fuse/ioctl.c's loop (copy the in iovecs, re-send, copy the reply to the out
+iovecs) over a bytearray standing in for the caller's memory, so every round
+can be checked on any machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from typing import Any, List, Tuple
+
+import construct as cs
+import pytest
+from conftest import needs_fuse
+
+from fusd_runtime import Context, Device, Server
+from fusd_runtime.ioctl import (
+    IN,
+    INOUT,
+    IOR,
+    IOW,
+    IOWR,
+    OUT,
+    Arg,
+    Flex,
+    IoctlRetry,
+    Pointer,
+    check_ioctls,
+    ioctl,
+    ioctl_table,
+    plan_unrestricted,
+    unrestricted_encoder,
+)
+
+u32, s32, u64 = cs.Int32ul, cs.Int32sl, cs.Int64ul
+point = cs.Struct("x" / s32, "y" / s32)
+GET_POINT, SET_POINT, MOVE_POINT = IOR("Q", 1, 8), IOW("Q", 2, 8), IOWR("Q", 3, 8)
+xfer = cs.Struct("tx" / Pointer("tx_len", direction=IN), "rx" / Pointer("rx_len", direction=OUT),
+                 "tx_len" / u32, "rx_len" / u32)
+XFER = IOWR("X", 1, xfer.sizeof())
+segment = cs.Struct("buf" / Pointer("len", direction=INOUT), "len" / u32, "flags" / u32)
+batch = cs.Struct("segs" / Pointer("count", target=segment, direction=IN), "count" / u32, "done" / u32)
+BATCH = IOWR("X", 2, batch.sizeof())
+extent = cs.Struct("start" / u64, "length" / u64)
+extents = cs.Struct("count" / u32, "mapped" / u32, "items" / Flex("count", extent))
+EXTENTS = IOWR("X", 3, 8)
+
+
+class Plotter(Device):
+    def __init__(self) -> None:
+        self.p = {"x": 1, "y": 2}
+
+    @ioctl(GET_POINT, point)
+    def get_point(self, ctx: Context, pt):
+        pt.update(self.p)
+        return pt
+
+    @ioctl(SET_POINT, point)
+    def set_point(self, ctx: Context, pt) -> int:
+        self.p = {"x": pt.x, "y": pt.y}
+        return 3
+
+    @ioctl(MOVE_POINT, point)
+    def move(self, ctx: Context, pt):
+        self.p = {"x": self.p["x"] + pt.x, "y": self.p["y"] + pt.y}
+        return 0, self.p
+
+
+@needs_fuse
+def test_declared_fixed_structs_work_on_fuse(server: Server) -> None:
+    dev = server.add(Plotter(), "plotter")
+    fd = os.open(server.path("plotter"), os.O_RDWR)
+    try:
+        assert fcntl.ioctl(fd, GET_POINT, bytes(8)) == struct.pack("<ii", 1, 2)
+        assert fcntl.ioctl(fd, SET_POINT, struct.pack("<ii", 10, -20)) == struct.pack("<ii", 10, -20)
+        assert dev.p == {"x": 10, "y": -20}
+        assert fcntl.ioctl(fd, MOVE_POINT, struct.pack("<ii", 1, 1)) == struct.pack("<ii", 11, -19)
+        buf = bytearray(struct.pack("<ii", 0, 0))
+        assert fcntl.ioctl(fd, SET_POINT, buf, True) == 3  # the handler's int result is the syscall's
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("schema, cmd, needle", [
+    (xfer, XFER, "pointer field"),
+    (extents, EXTENTS, "Flex"),
+    (point, 0x5401, "encodes no argument size"),
+])
+def test_fuse_refuses_what_needs_cuse_at_registration(schema, cmd, needle) -> None:
+    class NeedsCuse(Device):
+        ioctls = {cmd: Arg(schema, INOUT)}
+
+    with pytest.raises(ValueError) as exc:
+        check_ioctls(NeedsCuse(), "fuse")
+    assert needle in str(exc.value) and ("CuseServer" in str(exc.value))
+    assert ioctl_table(NeedsCuse())  # the same declaration is fine for CUSE
+    check_ioctls(NeedsCuse(), "cuse")
+
+
+@needs_fuse
+def test_server_add_refuses_a_pointer_ioctl(server: Server) -> None:
+    class Spi(Device):
+        @ioctl(XFER, xfer)
+        def transfer(self, ctx: Context, x) -> int:
+            return 0
+
+    with pytest.raises(ValueError, match="cannot follow it"):
+        server.add(Spi(), "spi")
+    assert "spi" not in server.devices()
+
+
+def test_declaration_mistakes_raise_when_declared() -> None:
+    with pytest.raises(ValueError, match="encodes a 4-byte argument but its schema is 8 bytes"):
+        ioctl(IOR("Q", 9, 4), point)
+    with pytest.raises(ValueError, match="encodes no direction"):
+        ioctl(0x5401, point)
+    with pytest.raises(ValueError, match="last field"):
+        Arg(cs.Struct("items" / Flex("n", extent), "n" / u32))
+    with pytest.raises(ValueError, match="fixed size"):
+        Arg(cs.Struct("name" / cs.CString("utf8")))
+    with pytest.raises(ValueError, match="OUT cannot point to elements that hold pointers"):
+        Pointer("n", target=segment, direction=OUT)
+
+
+class KernelModel:
+    """fs/fuse/ioctl.c's unrestricted loop over ``mem`` (addresses are offsets into it)."""
+
+    def __init__(self, mem: bytearray) -> None:
+        self.mem = mem
+        self.rounds = 0
+
+    def call(self, spec: Any, arg: int, handler: Any) -> Tuple[int, List[Tuple[int, int]]]:
+        in_iovs: List[Tuple[int, int]] = []
+        out_iovs: List[Tuple[int, int]] = []
+        while True:
+            data = b"".join(bytes(self.mem[a:a + n]) for a, n in in_iovs)
+            plan = plan_unrestricted(spec, arg, data, sum(n for _, n in out_iovs))
+            if plan.retry is not None:
+                assert isinstance(plan.retry, IoctlRetry)
+                self.rounds += 1
+                in_iovs, out_iovs = plan.retry.in_iovs, plan.retry.out_iovs
+                continue
+            encoded = unrestricted_encoder(plan)(handler(None, plan.value))
+            res, out = encoded if isinstance(encoded, tuple) else (encoded, b"")
+            assert len(out) <= sum(n for _, n in out_iovs)
+            for a, n in out_iovs:
+                chunk, out = out[:n], out[n:]
+                self.mem[a:a + len(chunk)] = chunk
+            return res, out_iovs
+
+
+def test_model_pointer_to_in_and_out_buffers_two_rounds() -> None:
+    mem = bytearray(256)
+    mem[100:105] = b"hello"
+    mem[0:24] = xfer.build(dict(tx=100, rx=150, tx_len=5, rx_len=8))
+    spec = Arg(xfer).bind(XFER)
+
+    def transfer(ctx, x):
+        x.rx[:5] = bytes(x.tx).upper()
+        return 5
+
+    k = KernelModel(mem)
+    res, out_iovs = k.call(spec, 0, transfer)
+    assert res == 5 and bytes(mem[150:158]) == b"HELLO\0\0\0" and k.rounds == 2
+    assert out_iovs == [(0, 24), (150, 8)]
+
+
+def test_model_pointers_inside_pointed_to_data_three_rounds_and_flex() -> None:
+    mem = bytearray(512)
+    mem[300:303], mem[310:314] = b"abc", b"wxyz"
+    mem[200:232] = segment.build(dict(buf=300, len=3, flags=0)) + segment.build(dict(buf=310, len=4, flags=0))
+    mem[0:16] = batch.build(dict(segs=200, count=2, done=0))
+
+    def run(ctx, b):
+        for seg in b.segs:
+            seg.buf[:] = bytes(seg.buf)[::-1]
+        b.done = 2
+        return b
+
+    k = KernelModel(mem)
+    k.call(Arg(batch).bind(BATCH), 0, run)
+    assert k.rounds == 3 and bytes(mem[300:303]) == b"cba" and bytes(mem[310:314]) == b"zyxw"
+    assert batch.parse(bytes(mem[0:16])).done == 2
+
+    mem = bytearray(128)
+    mem[0:8] = struct.pack("<II", 3, 0)
+
+    def fill(ctx, e):
+        e.items = [dict(start=i, length=10 * i) for i in range(e.count)]
+        e.mapped = e.count
+        return e
+
+    k = KernelModel(mem)
+    k.call(Arg(extents).bind(EXTENTS), 0, fill)
+    assert k.rounds == 2 and struct.unpack("<II", mem[0:8]) == (3, 3)
+    assert struct.unpack("<6Q", mem[8:56]) == (0, 0, 1, 10, 2, 20)
+
+
+def test_model_out_only_and_too_long_results() -> None:
+    mem = bytearray(64)
+    k = KernelModel(mem)
+    k.call(Arg(point, OUT).bind(0x5401), 8, lambda ctx, p: {"x": 5, "y": 6})
+    assert k.rounds == 1 and struct.unpack("<ii", mem[8:16]) == (5, 6)
+    mem[0:24] = xfer.build(dict(tx=0, rx=40, tx_len=0, rx_len=2))
+    with pytest.raises(ValueError, match="caller's memory holds 2"):
+        KernelModel(mem).call(Arg(xfer).bind(XFER), 0, lambda ctx, x: setattr(x, "rx", b"toolong") or x)
