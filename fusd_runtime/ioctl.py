@@ -5,6 +5,14 @@ The encoding is ``asm-generic/ioctl.h``'s (x86, arm, riscv...): 8 bits number,
 copies ``_IOC_SIZE(cmd)`` bytes in (``_IOC_WRITE``) and out (``_IOC_READ``); the
 device's ``ioctl`` callback sees the bytes copied in and returns the bytes to
 copy out.
+
+Declared arguments (the second half): ``@ioctl(cmd, schema)`` / ``ioctls =
+{cmd: Arg(schema, direction)}`` describe an argument with a construct schema —
+a fixed struct, ``Pointer`` fields to buffers or arrays whose length is another
+field, a ``Flex`` variable-length tail.  The runtime decodes it for the device
+and encodes the result back; on CUSE it derives the FUSE_IOCTL_RETRY rounds
+from the schema (``plan_unrestricted``), on FUSE it accepts the restricted
+subset and refuses the rest at registration (``check_ioctls``).  See docs/cuse.md.
 """
 
 from __future__ import annotations

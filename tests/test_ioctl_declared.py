@@ -45,7 +45,7 @@ xfer = cs.Struct("tx" / Pointer("tx_len", direction=IN), "rx" / Pointer("rx_len"
                  "tx_len" / u32, "rx_len" / u32)
 XFER = IOWR("X", 1, xfer.sizeof())
 segment = cs.Struct("buf" / Pointer("len", direction=INOUT), "len" / u32, "flags" / u32)
-batch = cs.Struct("segs" / Pointer("count", target=segment, direction=IN), "count" / u32, "done" / u32)
+batch = cs.Struct("segs" / Pointer("count", target=segment, direction=INOUT), "count" / u32, "done" / u32)
 BATCH = IOWR("X", 2, batch.sizeof())
 extent = cs.Struct("start" / u64, "length" / u64)
 extents = cs.Struct("count" / u32, "mapped" / u32, "items" / Flex("count", extent))
@@ -180,6 +180,7 @@ def test_model_pointers_inside_pointed_to_data_three_rounds_and_flex() -> None:
     def run(ctx, b):
         for seg in b.segs:
             seg.buf[:] = bytes(seg.buf)[::-1]
+            seg.flags = 7
         b.done = 2
         return b
 
@@ -187,6 +188,9 @@ def test_model_pointers_inside_pointed_to_data_three_rounds_and_flex() -> None:
     k.call(Arg(batch).bind(BATCH), 0, run)
     assert k.rounds == 3 and bytes(mem[300:303]) == b"cba" and bytes(mem[310:314]) == b"zyxw"
     assert batch.parse(bytes(mem[0:16])).done == 2
+    # the segments were written back with their flags and their original buffer addresses
+    assert [(s.buf, s.len, s.flags) for s in cs.Array(2, segment).parse(bytes(mem[200:232]))] == \
+        [(300, 3, 7), (310, 4, 7)]
 
     mem = bytearray(128)
     mem[0:8] = struct.pack("<II", 3, 0)

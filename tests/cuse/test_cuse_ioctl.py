@@ -39,7 +39,7 @@ XFER = IOWR("X", 1, xfer.sizeof())
 
 # two levels: a batch points to an array of segments, each pointing to its own buffer (inout)
 segment = cs.Struct("buf" / Pointer("len", direction=INOUT), "len" / u32, "flags" / u32)
-batch = cs.Struct("segs" / Pointer("count", target=segment, direction=IN), "count" / u32, "done" / u32)
+batch = cs.Struct("segs" / Pointer("count", target=segment, direction=INOUT), "count" / u32, "done" / u32)
 BATCH = IOWR("X", 2, batch.sizeof())
 
 # a flexible array member (like struct fiemap): the number's size is the header's
