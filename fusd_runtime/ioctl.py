@@ -498,10 +498,12 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
         reads = r.direction != OUT
         parsed: Any = None
         if reads:
-            if r.kind == "struct" and r.layout.flex is not None and complete and len(data) - offset >= r.layout.size:
-                head = r.layout.header.parse(data[offset:offset + r.layout.size])
-                r.count = r.layout.flex_count(head)
-                r.length = r.layout.size + r.count * r.layout.flex[1].item_layout.size
+            rl = r.layout
+            if r.kind == "struct" and rl is not None and rl.flex is not None and complete \
+                    and len(data) - offset >= rl.size:
+                head = rl.header.parse(data[offset:offset + rl.size])
+                r.count = rl.flex_count(head)
+                r.length = rl.size + r.count * rl.flex[1].item_layout.size
             if complete and len(data) - offset >= r.length:
                 r.data = data[offset:offset + r.length]
                 offset += r.length
