@@ -115,7 +115,7 @@ class Session:
         self.recorder = recorder
         self.conn_id = recorder.connection(f"{self.kind}:{fd}") if recorder is not None else 0
         self.writev: Callable[[int, List[Any]], int] = os.writev if recorder is None else self._recording_writev
-        self.handlers: Dict[int, Callable[..., None]] = {
+        self.handlers: Dict[int, Callable[..., Optional[List[Any]]]] = {
             OP.FUSE_OPEN: self._op_open,
             OP.FUSE_READ: self._op_read,
             OP.FUSE_WRITE: self._op_write,
@@ -466,8 +466,8 @@ class Session:
         if ctx is not None:
             self._drop(ctx)
             ctx.fd, ctx.unique = fd, unique
-            device = ctx.device if ctx.device is not GONE else ctx.detached_from  # cleanup still reaches it
-            try:
+            device = ctx.detached_from if ctx.device is GONE and ctx.detached_from else ctx.device
+            try:  # cleanup still reaches a removed device
                 device.release(ctx)
             except BaseException as exc:
                 self._failed(fd, unique, exc, ctx, "release")
@@ -479,7 +479,7 @@ class Session:
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
-            return
+            return None
         ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
         ctx.opcode = opcode
         try:
