@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: poll(2) event bits, for ``Device.poll`` results.
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x001, 0x002, 0x004, 0x008, 0x010, 0x020
+#: poll(2) normal/priority band bits (``POLLRDNORM``/``POLLWRNORM`` accompany POLLIN/POLLOUT).
 POLLRDNORM, POLLRDBAND, POLLWRNORM, POLLWRBAND = 0x040, 0x080, 0x100, 0x200
 #: What a device that does not implement poll reports (the kernel's DEFAULT_POLLMASK).
 DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
@@ -54,7 +55,7 @@ class Context:
     """
 
     __slots__ = ("device", "fh", "flags", "pid", "uid", "gid", "unique", "nonblock", "state", "session",
-                 "fd", "poll_kh", "released", "opcode", "size", "ioctl_arg", "__dict__")
+                 "fd", "poll_kh", "released", "opcode", "size", "ioctl_arg", "detached_from", "__dict__")
 
     def __init__(self, device: Device, fh: int, flags: int, session: Session) -> None:
         self.device = device
@@ -71,6 +72,7 @@ class Context:
         self.opcode = 0  # the request being served (for defer)
         self.size = 0  # its size argument (READ: most bytes wanted; IOCTL: out_size)
         self.ioctl_arg = 0  # the caller's ioctl argument (a pointer, for unrestricted ioctls)
+        self.detached_from: Optional[Device] = None  # the device, once it was removed while this file was open
 
     def defer(self, on_interrupt: Optional[Callable[[ReplyHandle], None]] = None) -> ReplyHandle:
         """Answer this call later: keep the returned handle, return it from the callback.
@@ -163,23 +165,23 @@ class Device:
     session: Optional[Session] = None
 
     # --- callbacks -------------------------------------------------------------------------
-    def open(self, ctx: Context) -> None:
+    def open(self, ctx: Context) -> Any:
         """A process opened the device.  Raise OSError (e.g. EACCES, EBUSY) to refuse."""
 
     def release(self, ctx: Context) -> None:
         """The last reference to an open file went away (after close/exit). Cannot fail."""
 
-    def flush(self, ctx: Context) -> None:
+    def flush(self, ctx: Context) -> Any:
         """``close(2)`` of one file descriptor of this open file."""
 
-    def fsync(self, ctx: Context, datasync: bool) -> None:
+    def fsync(self, ctx: Context, datasync: bool) -> Any:
         """``fsync(2)``/``fdatasync(2)``."""
 
     def read(self, ctx: Context, size: int, offset: int) -> Any:
         """Return up to ``size`` bytes (b"" is end of file), or ``ctx.defer()`` to block."""
         raise OSError(errno.EINVAL, "device does not read")
 
-    def write(self, ctx: Context, data: bytes, offset: int) -> Any:
+    def write(self, ctx: Context, data: Any, offset: int) -> Any:
         """Consume ``data``; return how many bytes were taken (None: all), or defer."""
         raise OSError(errno.EINVAL, "device does not write")
 
