@@ -103,9 +103,13 @@ class Mount:
         watchdog: unmount even if this process is SIGKILLed.
     """
 
+    #: every mount point this process mounted (tests check none is left mounted)
+    history: List[str] = []
+
     def __init__(self, mountpoint: str, *, fsname: str = "fusd", allow_other: Optional[bool] = None,
                  method: str = "auto", watchdog: bool = True) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
+        Mount.history.append(self.mountpoint)
         self.fd = -1
         self.method = method
         self._closed = False

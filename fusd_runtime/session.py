@@ -43,6 +43,8 @@ _IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
 _POLL_SCHEDULE_NOTIFY = int(C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY)
 _FOPEN_SEEKABLE = int(C.FopenFlags.FOPEN_DIRECT_IO)
 _FOPEN_STREAM = int(C.FopenFlags.FOPEN_DIRECT_IO | C.FopenFlags.FOPEN_NONSEEKABLE | C.FopenFlags.FOPEN_STREAM)
+_FOPEN_NOFLUSH = int(C.FopenFlags.FOPEN_NOFLUSH)
+_DEFAULT_FLUSH = Device.flush
 
 # opcodes (ints, for the dispatch table)
 OP = C.fuse_opcode
@@ -310,7 +312,10 @@ class Session:
 
     def _open_flags(self, device: Device) -> int:
         # Plain ints computed once: IntFlag arithmetic per OPEN costs microseconds.
-        return _FOPEN_SEEKABLE if device.seekable else _FOPEN_STREAM
+        flags = _FOPEN_SEEKABLE if device.seekable else _FOPEN_STREAM
+        if self.minor >= 35 and type(device).flush is _DEFAULT_FLUSH:
+            flags |= _FOPEN_NOFLUSH  # no flush callback: close(2) need not wait for a FLUSH round trip
+        return flags
 
     def _reply_open(self, fd: int, unique: int, ctx: Context) -> None:
         self.writev(fd, [_pack_out(32, 0, unique), self._pack_open_out(ctx.fh, self._open_flags(ctx.device), 0)])

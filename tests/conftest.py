@@ -19,17 +19,18 @@ def fuse_available() -> bool:
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs root and /dev/fuse (kernel FUSE tier)")
 
 
-def _fusd_mounts() -> list:
-    with open("/proc/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[2:3] == ["fuse.fusd"]]
+def _our_mounts() -> set:
+    """Mount points this test process mounted that are still mounted (other processes' are theirs)."""
+    from fusd_runtime.mount import Mount, is_mounted
+    return {m for m in Mount.history if is_mounted(m)}
 
 
 @pytest.fixture
 def no_leftover_mounts():
-    """Fails the test if it leaves a fusd mount behind."""
-    before = set(_fusd_mounts())
+    """Fails the test if it leaves a mount of its own behind."""
+    before = _our_mounts()
     yield
-    after = set(_fusd_mounts()) - before
+    after = _our_mounts() - before
     assert not after, f"test left mounts behind: {after}"
 
 

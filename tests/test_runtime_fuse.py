@@ -499,3 +499,19 @@ def test_sigkilled_server_leaves_no_stale_mount(tmp_path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_close_sends_flush_only_to_devices_with_a_flush_callback(server: Server) -> None:
+    """FOPEN_NOFLUSH for devices without ``flush``: close(2) skips a round trip; with it, FLUSH arrives."""
+    from fusd_wire.constants import fuse_opcode
+    flushes: list = []
+    handlers = server.session.handlers
+    original = handlers[fuse_opcode.FUSE_FLUSH]
+    handlers[fuse_opcode.FUSE_FLUSH] = lambda *args: (flushes.append(args[2]), original(*args))[1]
+    server.add(Hello(), "plain")
+    rec = server.add(Recorder(), "rec")
+    for name in ("plain", "plain", "rec"):
+        fd = os.open(server.path(name), os.O_RDONLY)
+        os.close(fd)
+    assert len(flushes) == 1
+    assert any(c[0] == "flush" for c in rec.calls)
