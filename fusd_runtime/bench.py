@@ -243,9 +243,9 @@ def python_client(op: str, target: str, iterations: int, warmup: int) -> Dict[st
                 seek = exc.errno != 29  # ESPIPE: a stream device
         pread, pwrite, read, write = os.pread, os.pwrite, os.read, os.write
         ioarg = bytearray(4)
-        poller = select.poll()
+        poll_obj = select.poll()
         if fd >= 0:
-            poller.register(fd, select.POLLIN)
+            poll_obj.register(fd, select.POLLIN)
         calls = {
             "pread1": (lambda: pread(fd, 1, 0)) if seek else (lambda: read(fd, 1)),
             "pwrite1": (lambda: pwrite(fd, buf1, 0)) if seek else (lambda: write(fd, buf1)),
@@ -253,7 +253,7 @@ def python_client(op: str, target: str, iterations: int, warmup: int) -> Dict[st
             "write64k": (lambda: pwrite(fd, buf64, 0)) if seek else (lambda: write(fd, buf64)),
             "openclose": lambda: os.close(os.open(target, os.O_RDWR)),
             "ioctl": lambda: fcntl.ioctl(fd, PERF_IOCTL, ioarg, True),
-            "poll": lambda: poller.poll(0),
+            "poll": lambda: poll_obj.poll(0),
         }
         call = calls[op]
         t_start = clock()

@@ -93,6 +93,7 @@ class CuseSession(Session):
 
     @property
     def path(self) -> str:
+        """The device node: ``/dev/<devname>``."""
         return "/dev/" + self.devname
 
     # ------------------------------------------------------------------ CUSE_INIT

@@ -74,6 +74,13 @@ class Context:
         self.ioctl_arg = 0  # the caller's ioctl argument (a pointer, for unrestricted ioctls)
         self.detached_from: Optional[Device] = None  # the device, once it was removed while this file was open
 
+    if TYPE_CHECKING:  # pragma: no cover
+        # A device may keep any attribute it likes on the context (it has a __dict__);
+        # tell type checkers so, without slowing down attribute access at run time.
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def defer(self, on_interrupt: Optional[Callable[[ReplyHandle], None]] = None) -> ReplyHandle:
         """Answer this call later: keep the returned handle, return it from the callback.
 

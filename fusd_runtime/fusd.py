@@ -41,6 +41,9 @@ _next_handle = 1
 class FusdDevice(Device):
     """Adapts a FUSD callback table to the Device API."""
 
+    #: the server the device was registered with (set by ``register``)
+    fusd_server: Any
+
     def __init__(self, ops: Ops, device_info: Any) -> None:
         self.ops = ops
         self.device_info = device_info

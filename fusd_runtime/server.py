@@ -49,6 +49,7 @@ class TimerHandle:
         self.when, self.callback, self.args, self.cancelled = when, callback, args, False
 
     def cancel(self) -> None:
+        """Do not run the callback (no effect once it ran)."""
         self.cancelled = True
 
 
@@ -119,7 +120,7 @@ class ServerBase:
 
         ``ready()`` is called once the devices are being served.
         """
-        old: Dict[int, Any] = {}
+        old: Dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, lambda *_: self.stop(wait=False))
@@ -191,6 +192,7 @@ class ServerBase:
         self.call_soon_threadsafe(self._selector.register, fd, selectors.EVENT_READ, callback)
 
     def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (undo ``add_reader``)."""
         self.call_soon_threadsafe(self._selector.unregister, fd)
 
     def _wake(self) -> None:
@@ -201,7 +203,7 @@ class ServerBase:
 
     def _run_loop(self) -> None:
         while not self._stop_requested.is_set():
-            timeout = None
+            timeout: Optional[float] = None
             with self._ready_lock:
                 if self._ready:
                     timeout = 0

@@ -48,18 +48,22 @@ class Request:
 
     @property
     def opcode(self) -> int:
+        """The opcode (``fuse_in_header.opcode``)."""
         return self.header.opcode
 
     @property
     def unique(self) -> int:
+        """The request id its reply carries (``fuse_in_header.unique``)."""
         return self.header.unique
 
     @property
     def name(self) -> str:
+        """The opcode's short name: ``READ``, ``CUSE_INIT``."""
         return C.opcode_name(self.header.opcode)
 
     @property
     def spec(self) -> Optional[OpSpec]:
+        """The opcode's table entry; None for an opcode the table does not know."""
         return OPS.get(self.header.opcode)
 
 
@@ -73,14 +77,17 @@ class Reply:
 
     @property
     def unique(self) -> int:
+        """The id of the request this answers."""
         return self.header.unique
 
     @property
     def error(self) -> int:
+        """0, or a negative errno (``fuse_out_header.error``)."""
         return self.header.error
 
     @property
     def name(self) -> str:
+        """The request's opcode name: ``READ``."""
         return C.opcode_name(self.opcode)
 
 
@@ -93,10 +100,12 @@ class Notification:
 
     @property
     def code(self) -> int:
+        """The notify code (sent in ``fuse_out_header.error``)."""
         return self.header.error
 
     @property
     def name(self) -> str:
+        """The notification's short name: ``POLL``, ``INVAL_INODE``."""
         return C.notify_name(self.header.error)
 
 

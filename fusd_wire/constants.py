@@ -3,17 +3,22 @@
 The header has two kinds of constants: C enums (``enum fuse_opcode``, ``enum
 fuse_notify_code``, ``enum fuse_ext_type``) and groups of ``#define`` bits that go
 into one field each (INIT flags, FOPEN_*, FUSE_IOCTL_*, ...).  Each becomes one
-``IntEnum``/``IntFlag`` class here, and every member is also exported at module
+``IntEnum``/``IntFlag`` class here, and every member is also reachable at module
 level under its header name, so ``FUSE_READ``, ``FOPEN_DIRECT_IO`` and
 ``FUSE_IOCTL_RETRY`` can be held against the header line by line.
 
-This module is the only place a constant's value is written.
+This module is the only place a constant's value is written: the module-level
+header names are not assignments but resolved by the module ``__getattr__`` from
+the classes (PEP 562), which type checkers read as "any other attribute is an
+``int``".  So ``C.FUSE_READ`` type-checks as an int, but a misspelt ``C.FUSE_RAED``
+would too; code in this project uses the classes (``fuse_opcode.FUSE_READ``),
+which mypy checks name by name.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Dict, Type
+from typing import Dict, List, Type
 
 FUSE_KERNEL_VERSION = 7
 #: The protocol minor this codec implements (libfuse ``include/fuse_kernel.h``).
@@ -334,10 +339,28 @@ CONSTANT_CLASSES: Dict[str, Type[enum.IntEnum] | Type[enum.IntFlag]] = {
     )
 }
 
-# Export every member under its header name: FUSE_READ, FOPEN_DIRECT_IO, ...
-for _cls in CONSTANT_CLASSES.values():
-    globals().update(_cls.__members__)
-del _cls
+#: Every member of every class above by its header name (``"FUSE_READ"`` -> ``fuse_opcode.FUSE_READ``).
+HEADER_NAMES: Dict[str, int] = {name: member for cls in CONSTANT_CLASSES.values()
+                                for name, member in cls.__members__.items()}
+
+
+def __getattr__(name: str) -> int:
+    """A member under its header name at module level: ``C.FUSE_READ`` is ``fuse_opcode.FUSE_READ``.
+
+    Called only for names the module does not define (PEP 562); the member is then
+    cached in the module, so later lookups are plain attribute reads.
+    """
+    try:
+        member = HEADER_NAMES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = member
+    return member
+
+
+def __dir__() -> List[str]:
+    """The module's names and every header name (for ``dir()`` and completion)."""
+    return sorted(set(globals()) | set(HEADER_NAMES))
 
 
 def opcode_name(opcode: int) -> str:

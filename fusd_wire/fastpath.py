@@ -124,7 +124,7 @@ def _derive(name: str, schema: cs.Construct, fmt: List[str], fields: List[str], 
             names.append(sc.name)
             subs.append(_derive(name, sc, fmt, fields, f"{prefix}{sc.name}."))
         record = namedtuple(_record_name(prefix or name), [_pyname(n) for n in names])  # type: ignore[misc]
-        record._header_names = tuple(names)
+        record._header_names = tuple(names)  # type: ignore[attr-defined]
         converters = [s[0] for s in subs]
         flatteners = [s[1] for s in subs]
         if all(isinstance(_unwrap(sc), (cs.FormatField, cs.Bytes)) for sc in schema.subcons):
@@ -186,6 +186,10 @@ class _FastNamespace:
 
     def __getitem__(self, name: str) -> FastStruct:
         return self.__dict__[name]
+
+    def __getattr__(self, name: str) -> FastStruct:
+        """Only reached for names that are no fixed-size kernel struct (the others are attributes)."""
+        raise AttributeError(f"no fast codec named {name!r} (not a fixed-size kernel struct)")
 
     def __iter__(self):
         return iter(self.__dict__.values())

@@ -33,6 +33,7 @@ class OpSpec:
 
     @property
     def has_reply(self) -> bool:
+        """False for the opcodes the kernel expects no answer to (FORGET, BATCH_FORGET)."""
         return self.reply is not None
 
     @property
@@ -79,6 +80,7 @@ def _op(opcode: O, request: Parts, reply: Optional[Parts], since: int = 0, cuse:
     return OpSpec(int(opcode), name, tuple(request), None if reply is None else tuple(reply), since, cuse)
 
 
+#: The opcode table: every request the kernel can send, by opcode number.
 OPS: Dict[int, OpSpec] = {spec.opcode: spec for spec in (
     _op(O.FUSE_LOOKUP, (Name("name"),), _ENTRY),
     _op(O.FUSE_FORGET, (Struct("fuse_forget_in"),), None),
@@ -161,6 +163,7 @@ def _notify(code: N, body: Parts, since: int = 0) -> NotifySpec:
     return NotifySpec(int(code), code.name[len("FUSE_NOTIFY_"):], tuple(body), since)
 
 
+#: The notification table: every daemon -> kernel notification, by notify code.
 NOTIFICATIONS: Dict[int, NotifySpec] = {spec.code: spec for spec in (
     _notify(N.FUSE_NOTIFY_POLL, (Struct("fuse_notify_poll_wakeup_out"),), since=11),
     _notify(N.FUSE_NOTIFY_INVAL_INODE, (Struct("fuse_notify_inval_inode_out"),), since=12),

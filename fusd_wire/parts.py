@@ -78,6 +78,8 @@ class Part:
 class Struct(Part):
     """A fixed kernel struct, cut to the layout of the negotiated minor."""
 
+    struct_name: str
+
     def __init__(self, struct_name: str, when: Optional[CtxFn] = None, name: Optional[str] = None) -> None:
         super().__init__(name or struct_name, when)
         self.struct_name = struct_name

@@ -47,6 +47,7 @@ class Event:
 
     @property
     def unique(self) -> Optional[int]:
+        """The message's ``unique`` (0 for notifications); None if its header is unreadable."""
         return self.message.header.unique if self.message is not None else None
 
     @property
@@ -63,6 +64,7 @@ class Event:
 
     @property
     def latency_ns(self) -> Optional[int]:
+        """For a reply: nanoseconds since its request; None without a request or timestamps."""
         if self.request_record is None or self.request_record.timestamp_ns is None \
                 or self.record.timestamp_ns is None:
             return None
@@ -126,6 +128,7 @@ class Decoder:
                     yield rec, req
 
     def __iter__(self) -> Iterator[Event]:
+        """Decode the records lazily, one Event per record, replies paired with their requests."""
         for rec in self.records:
             conn = self._conns.get(rec.conn)
             if conn is None:
@@ -136,6 +139,8 @@ class Decoder:
                 yield self._from_daemon(conn, rec)
 
     def _request(self, conn: _Conn, rec: Record) -> Event:
+        req: Optional[Request]
+        problem: Optional[str]
         try:
             req = conn.conv.request(rec.data)
         except WireError as exc:

@@ -20,6 +20,7 @@ reader resynchronises on the next plausible block.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -147,7 +148,7 @@ class Packet:
 
 
 Problem = Callable[[CaptureError], None]
-Source = Union[bytes, bytearray, memoryview]
+Source = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 
 def _parse_options(buf: Source, pos: int, end: int, e: str) -> Dict[int, List[bytes]]:

@@ -33,11 +33,13 @@ class Capture:
         self.connections: Dict[int, Connection] = {}
 
     def problem(self, err: CaptureError) -> None:
+        """Report a damaged part of the capture: to ``on_problem`` if given, else raise ``err``."""
         if self.on_problem is None:
             raise err
         self.on_problem(err)
 
     def __iter__(self) -> Iterator[Record]:  # pragma: no cover - abstract
+        """The capture's messages, in file order."""
         raise NotImplementedError
 
 

@@ -87,13 +87,15 @@ class Recorder:
         """
         if timestamp_ns is None:
             timestamp_ns = _time_ns()
+        bufs: Optional[Sequence[Union[bytes, bytearray, memoryview]]]
         if type(data) is bytes or isinstance(data, (bytearray, memoryview)):
-            n = len(data)  # type: ignore[arg-type]
+            n = len(data)
             bufs = None
         else:
-            bufs = data
+            seq: Sequence[Union[bytes, bytearray, memoryview]] = data  # type: ignore[assignment]  # not bytes
+            bufs = seq
             n = 0
-            for b in bufs:
+            for b in seq:
                 n += len(b)
         if comment is None:
             pad = -n & 3
@@ -109,7 +111,7 @@ class Recorder:
             buf = self._buf
             buf += head
             if bufs is None:
-                buf += data  # type: ignore[operator]
+                buf += data  # type: ignore[arg-type]  # one buffer here (not a list)
             else:
                 for b in bufs:
                     buf += b

@@ -45,6 +45,7 @@ class Record:
 
     @property
     def inbound(self) -> bool:
+        """True for kernel -> daemon messages (requests)."""
         return self.direction == INBOUND
 
     def location(self) -> str:
@@ -73,6 +74,7 @@ class Connection:
     @classmethod
     def from_description(cls, conn_id: int, name: str, description: str,
                          linktype: Optional[int] = None) -> Connection:
+        """Parse an interface description such as ``fuse minor=45 flags=0x...`` (unknown parts: None)."""
         words = description.split()
         kind = words[0] if words and "=" not in words[0] else "fuse"
         kv = dict(_KV.findall(description))

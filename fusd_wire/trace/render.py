@@ -160,8 +160,9 @@ def json_object(ev: Event, *, origin_ns: Optional[int] = None) -> Dict[str, Any]
         else:
             obj.update(code=h.error, notify=C.notify_name(h.error))
         obj["body"] = jsonable(msg.body)
-        if getattr(msg, "extensions", None):
-            obj["extensions"] = jsonable(msg.extensions)
+        extensions = getattr(msg, "extensions", None)  # requests only
+        if extensions:
+            obj["extensions"] = jsonable(extensions)
     if ev.problem:
         obj["problem"] = ev.problem
     return obj

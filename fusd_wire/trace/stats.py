@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import constants as C
 from .decode import REPLY, REQUEST, Event
@@ -26,7 +26,7 @@ class OpStats:
     errors: int = 0
     latencies_us: List[float] = field(default_factory=list)
 
-    def summary(self) -> Dict[str, object]:
+    def summary(self) -> Dict[str, Any]:
         lat = sorted(self.latencies_us)
         return {"opcode": C.opcode_name(self.opcode), "opcode_num": self.opcode, "count": self.count,
                 "replies": self.replies, "errors": self.errors, "p50_us": percentile(lat, 50),
@@ -55,7 +55,7 @@ class Stats:
         elif ev.kind == "notify":
             self.notifications += 1
 
-    def rows(self) -> List[Dict[str, object]]:
+    def rows(self) -> List[Dict[str, Any]]:
         return [s.summary() for s in sorted(self.ops.values(), key=lambda s: (-s.count, s.opcode))]
 
     def table(self) -> str:

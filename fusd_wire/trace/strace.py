@@ -127,6 +127,7 @@ class StraceCapture(Capture):
             if not line.strip():
                 continue
             m = _PREFIX.match(line)
+            assert m is not None  # every part of _PREFIX is optional: it always matches
             pid = m.group(1) or m.group(2) or b""
             ts: Optional[int] = None
             if m.group(3):
