@@ -4,12 +4,14 @@
     fusd serve mymod:MyDevice         serve your device class (FUSE directory or CUSE)
     fusd bench                        per-syscall round-trip latency against the kernel floor
     fusd decode capture.pcapng        decode a protocol capture (same as python -m fusd_wire decode)
+    fusd replay cap.pcapng --device mymod:MyDevice   replay a recording to a device, diff its replies
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from typing import Any, List, Optional
@@ -21,7 +23,6 @@ def load_device_class(spec: str) -> Any:
     if not sep or not attr:
         raise SystemExit(f"fusd: expected module:Class, got {spec!r}")
     if module_name.endswith(".py"):
-        import importlib.util
         loader_spec = importlib.util.spec_from_file_location("fusd_user_device", module_name)
         if loader_spec is None or loader_spec.loader is None:
             raise SystemExit(f"fusd: cannot load {module_name}")
@@ -80,21 +81,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     serve.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")
     sub.add_parser("bench", help="per-syscall round-trip latency (fusd bench --help)", add_help=False)
     sub.add_parser("decode", help="decode a capture (fusd decode --help)", add_help=False)
+    sub.add_parser("replay", help="replay a recording to a device class, diff its replies (fusd replay --help)",
+                   add_help=False)
 
-    # demo/bench/decode own their options: hand the rest of the line to them.
+    # demo/bench/decode/replay own their options: hand the rest of the line to them.
     verbose = False
     while argv and argv[0] in ("-v", "--verbose"):
         verbose = True
         argv.pop(0)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    if argv and argv[0] in ("demo", "bench", "decode"):
+    if argv and argv[0] in ("demo", "bench", "decode", "replay"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "demo":
             return _passthrough("fusd_runtime.demo", rest)
         if cmd == "bench":
             return _passthrough("fusd_runtime.bench", rest)
         from fusd_wire.__main__ import main as wire_main
-        return wire_main(["decode", *rest])
+        return wire_main([cmd, *rest])
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)

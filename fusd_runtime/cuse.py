@@ -67,17 +67,22 @@ class CuseSession(Session):
         devname: the node's name under /dev (``DEVNAME=``; may contain ``/``).
         dev_major, dev_minor: the device number to ask for (0, 0: allocate one).
         max_read: the largest READ the kernel sends (``max_write`` is Session's).
+        fd: an already open channel to serve instead of a new ``/dev/cuse`` fd (replay
+            feeds the session from a socketpair); the caller owns it.
     """
 
     kind = "cuse"
 
     def __init__(self, device: Device, devname: str, *, dev_major: int = 0, dev_minor: int = 0,
-                 max_read: int = 128 * 1024, **kwargs: Any) -> None:
-        fd = os.open(CUSE_DEV, os.O_RDWR | os.O_CLOEXEC)  # the kernel queues CUSE_INIT right away
+                 max_read: int = 128 * 1024, fd: Optional[int] = None, **kwargs: Any) -> None:
+        own = fd is None
+        if fd is None:
+            fd = os.open(CUSE_DEV, os.O_RDWR | os.O_CLOEXEC)  # the kernel queues CUSE_INIT right away
         try:
             super().__init__(fd, clone=False, **kwargs)
         except BaseException:
-            os.close(fd)
+            if own:
+                os.close(fd)
             raise
         self.device: Device = device
         self.devname = devname

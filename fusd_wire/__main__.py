@@ -3,8 +3,7 @@
 Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
     tap -o CAP MNT -- DAEMON ARGS   record a libfuse 3 daemon's traffic live (root)
-
-More (replay, tap) will hang off the same parser as subcommands.
+    replay FILE --device mod:Class  play a recording to a device, diff its replies with the captured ones
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import List, Optional
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace.command import add_decode_arguments
+    from .trace.replay import add_replay_arguments
 
     parser = argparse.ArgumentParser(prog="python -m fusd_wire", description="FUSE/CUSE wire protocol tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -34,12 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("mountpoint")
     tap.add_argument("daemon", nargs=argparse.REMAINDER, help="-- DAEMON ARGS...")
     tap.set_defaults(run=_tap, parser_=tap)
+    rep = sub.add_parser("replay", help="play a capture's requests to a device class and diff its replies",
+                         description="Feed the kernel's requests of one recorded connection to a fresh instance "
+                                     "of a device class, served by the real fusd runtime on a socketpair, and "
+                                     "compare its replies with the captured ones. Exit 0: all the same; 1: "
+                                     "differences or missing replies; 2: cannot replay.")
+    add_replay_arguments(rep)
+    rep.set_defaults(run=_replay, parser_=rep)
     return parser
 
 
 def _decode(args: argparse.Namespace) -> int:
     from .trace.command import run_decode
     return run_decode(args, args.parser_)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .trace.replay import run_replay
+    return run_replay(args, args.parser_)
 
 
 def _tap(args: argparse.Namespace) -> int:
