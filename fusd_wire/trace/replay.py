@@ -227,7 +227,7 @@ def build_steps(info: ConnInfo, name: str, opcodes: Optional[Set[int]] = None) -
     # A CUSE server stops a reader by opening its node: trailing OPENs answered ENODEV are
     # those wakeups, not the device's traffic (FUSE wakes with a LOOKUP, skipped anyway).
     while info.kind == "cuse" and len(steps) > 1 and steps[-1].opcode == OP.FUSE_OPEN \
-            and steps[-1].reply is not None and steps[-1].reply.error == -errno.ENODEV:
+            and _answered_enodev(steps[-1].reply):
         gone = steps.pop()
         skipped += 1
         current = steps[-1]
@@ -238,8 +238,13 @@ def build_steps(info: ConnInfo, name: str, opcodes: Optional[Set[int]] = None) -
         # A reply that came after the last request with ENODEV is the server stopping
         # (Session.fail_pending): the replay produces it the same way, by stopping.
         current.wait_uniques = [u for u in current.wait_uniques
-                                if not (by_unique[u].reply is not None and by_unique[u].reply.error == -errno.ENODEV)]
+                                if not _answered_enodev(by_unique[u].reply)]
     return _in_processing_order(steps), skipped
+
+
+def _answered_enodev(reply: Any) -> bool:
+    """True for a captured reply that is ENODEV (the server stopping answers pending calls so)."""
+    return reply is not None and getattr(reply, "error", 0) == -errno.ENODEV
 
 
 def _in_processing_order(steps: List[Step]) -> List[Step]:
@@ -612,7 +617,8 @@ class Replayer:
                 diffs.append(Diff("reply", "decodable", f"undecodable: {got[0]}"))
             else:
                 diffs = compare_reply(captured, got[0], step.opcode)  # type: ignore[arg-type]
-                if step.opcode == OP.FUSE_OPEN and not captured.error and not got[0].error:
+                ok = not getattr(captured, "error", 0) and not getattr(got[0], "error", 0)
+                if step.opcode == OP.FUSE_OPEN and ok:
                     note = f"fh {captured.body.fuse_open_out.fh} -> {got[0].body.fuse_open_out.fh}"
             cap_notes = [ev.message for ev in step.notes]
             rep_notes = notes.get(step.index, [])
@@ -854,8 +860,8 @@ def run_replay(args: Any, parser: Any, out: Any = None, err: Any = None) -> int:
     print(f"replay: {args.file} connection {info.id} ({info.connection.name}), device {result.name!r} "
           f"-> {cls.__name__}: {len(result.outcomes)} requests played, {result.skipped} of the file system "
           "skipped", file=err)
-    for exc in result.errors:
-        print(f"replay: session error: {exc}", file=err)
+    for problem in result.errors:
+        print(f"replay: session error: {problem}", file=err)
     for o in result.reported:
         if args.json:
             out.write(json.dumps(outcome_json(o)) + "\n")
