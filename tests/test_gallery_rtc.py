@@ -111,11 +111,10 @@ def test_update_interrupts_read_select_and_nonblocking(server: Server) -> None:
         assert readable == [fd]
         (word,) = struct.unpack("<Q", os.read(fd, 8))
         assert word & 0xFF == RTC_UF | RTC_IRQF and word >> 8 >= 1
-        start = time.monotonic()
         (word,) = struct.unpack("<I", os.read(fd, 4))  # blocks until the next tick; an unsigned int read
-        assert word & RTC_UF and time.monotonic() - start < 2.5
+        assert word & RTC_UF
         tm = rtc_time.parse(fcntl.ioctl(fd, RTC_RD_TIME, bytes(rtc_time.sizeof())))
-        assert tm.tm_sec == time.gmtime(clock.now()).tm_sec  # read right after the tick
+        assert (time.gmtime(clock.now()).tm_sec - tm.tm_sec) % 60 <= 5  # the device's clock (no wall-time race)
         with pytest.raises(OSError) as exc:
             os.read(fd, 2)
         assert exc.value.errno == errno.EINVAL
