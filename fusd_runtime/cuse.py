@@ -42,7 +42,7 @@ from fusd_wire import constants as C
 
 from .device import DEFER, Device, ReplyHandle
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
-from .server import ServerBase
+from .server import Server, ServerBase
 from .session import _OUT_HEADER, GONE, OP, Session
 
 _pack_out = _OUT_HEADER.pack
@@ -381,7 +381,7 @@ class CuseServer(ServerBase):
         return self.start()
 
 
-def open_server(transport: str = "auto", **kwargs: Any) -> ServerBase:
+def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseServer]:
     """A server for ``transport``: "cuse", "fuse", or "auto" (CUSE where :func:`cuse_available`).
 
     ``kwargs`` go to the chosen class (``mountpoint=`` only means something to FUSE
@@ -395,5 +395,4 @@ def open_server(transport: str = "auto", **kwargs: Any) -> ServerBase:
         for key in ("mountpoint", "allow_other", "mount_method", "fsname"):
             kwargs.pop(key, None)
         return CuseServer(**kwargs)
-    from .server import Server
     return Server(**kwargs)

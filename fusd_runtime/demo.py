@@ -34,19 +34,12 @@ def _latency_us(call: Callable[[], Any], n: int) -> float:
 
 
 def make_server(transport: str, mountpoint: Optional[str]) -> Any:
-    """A server for ``transport`` ("auto", "fuse" or "cuse")."""
-    if transport in ("auto", "cuse"):
-        try:
-            from .cuse import CuseServer, cuse_available
-        except ImportError:
-            cuse_available = None  # type: ignore[assignment]
-        if cuse_available is not None and cuse_available():
-            return CuseServer()
-        if transport == "cuse":
-            raise SystemExit("fusd demo: CUSE is not available here (no /dev/cuse, or not root); "
-                             "use --transport fuse")
-    from .server import Server
-    return Server(mountpoint)
+    """A server for ``transport`` ("auto", "fuse" or "cuse"); a clear exit if CUSE is asked for but absent."""
+    from .cuse import open_server
+    try:
+        return open_server(transport, mountpoint=mountpoint)
+    except RuntimeError as exc:
+        raise SystemExit(f"fusd: {exc}; use --transport fuse") from None
 
 
 def run(transport: str = "auto", mountpoint: Optional[str] = None, iterations: int = 2000) -> int:
