@@ -10,8 +10,9 @@ EVIOCGBIT (event types, key/LED/repeat codes), EVIOCGKEY/LED/SW/SND (current
 state), EVIOCGREP/EVIOCSREP, EVIOCGEFFECTS, EVIOCSCLOCKID and EVIOCGRAB.
 
 Clients that drive it: python-evdev (``evdev.InputDevice(path)``: name,
-capabilities, ``read_loop()``) and Debian's ``evtest``; the tests are
-``tests/test_gallery_input_device.py`` (FUSE).
+capabilities, ``read_loop()``, ``grab()``) and Debian's ``evtest``; the tests are
+``tests/test_gallery_input_device.py`` (FUSE) and ``tests/cuse/test_gallery_input_device.py``
+(CUSE: grabbing, blocking reads).
 
 Run it::
 

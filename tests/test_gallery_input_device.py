@@ -9,9 +9,7 @@ while it is inside ``ioctl(2)``, which the server's threads must answer.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,15 +19,12 @@ import time
 from typing import Any, Callable, Iterator, Tuple
 
 import pytest
-from conftest import ROOT, needs_fuse
+from conftest import needs_fuse
+
+import examples.input_device as gallery
 
 pytestmark = needs_fuse
 
-_spec = importlib.util.spec_from_file_location("gallery_input_device",
-                                               os.path.join(ROOT, "examples", "input_device.py"))
-assert _spec is not None and _spec.loader is not None
-gallery = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gallery)
 
 try:
     import evdev  # noqa: F401  (only to know whether the client is installed)
