@@ -149,12 +149,14 @@ class VirtualKeyboard(Device):
 
     def key_down(self, code: int) -> None:
         """Key down, then SYN_REPORT."""
-        self.keys_down.add(code)
+        with self.lock:
+            self.keys_down.add(code)
         self.emit([(EV_KEY, code, 1), (EV_SYN, SYN_REPORT, 0)])
 
     def key_up(self, code: int) -> None:
         """Key up, then SYN_REPORT."""
-        self.keys_down.discard(code)
+        with self.lock:
+            self.keys_down.discard(code)
         self.emit([(EV_KEY, code, 0), (EV_SYN, SYN_REPORT, 0)])
 
     def tap(self, code: int, shift: bool = False) -> None:
@@ -211,14 +213,15 @@ class VirtualKeyboard(Device):
             raise OSError(errno.EINVAL, "write smaller than struct input_event")
         n = len(data) // INPUT_EVENT.size
         changes: List[Tuple[int, int, int]] = []
-        for i in range(n):
-            _, _, etype, code, value = INPUT_EVENT.unpack_from(data, i * INPUT_EVENT.size)
-            if etype == EV_LED and code in LEDS and (code in self.leds_on) != bool(value):
-                (self.leds_on.add if value else self.leds_on.discard)(code)
-                changes.append((etype, code, 1 if value else 0))
-            elif etype == EV_KEY and code in KEYS and value in (0, 1) and (code in self.keys_down) != bool(value):
-                (self.keys_down.add if value else self.keys_down.discard)(code)
-                changes.append((etype, code, value))
+        with self.lock:
+            for i in range(n):
+                _, _, etype, code, value = INPUT_EVENT.unpack_from(data, i * INPUT_EVENT.size)
+                if etype == EV_LED and code in LEDS and (code in self.leds_on) != bool(value):
+                    (self.leds_on.add if value else self.leds_on.discard)(code)
+                    changes.append((etype, code, 1 if value else 0))
+                elif etype == EV_KEY and code in KEYS and value in (0, 1) and (code in self.keys_down) != bool(value):
+                    (self.keys_down.add if value else self.keys_down.discard)(code)
+                    changes.append((etype, code, value))
         if changes:
             self.emit(changes + [(EV_SYN, SYN_REPORT, 0)])
         return n * INPUT_EVENT.size
@@ -267,7 +270,8 @@ class VirtualKeyboard(Device):
                 raise OSError(errno.ENOENT, "no such string")  # what evdev answers for a missing phys/uniq
             data = (text.encode() + b"\0")[:size]  # truncated without NUL, as evdev's str_to_user does
             return len(data), data  # the kernel returns the number of bytes copied
-        states = {NR_GPROP: (), NR_GKEY: self.keys_down, NR_GLED: self.leds_on, NR_GSND: (), NR_GSW: ()}
+        with self.lock:  # a snapshot: producer threads change the key state
+            states = {NR_GPROP: (), NR_GKEY: set(self.keys_down), NR_GLED: set(self.leds_on), NR_GSND: (), NR_GSW: ()}
         maxes = {NR_GPROP: INPUT_PROP_MAX, NR_GKEY: KEY_MAX, NR_GLED: LED_MAX, NR_GSND: SND_MAX, NR_GSW: SW_MAX}
         if nr in states:
             return self._bits(states[nr], maxes[nr], size)
