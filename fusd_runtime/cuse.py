@@ -136,13 +136,9 @@ class CuseSession(Session):
         A deferred answer does not move the position (positioned devices answer at once).
         """
         fh, _, size, _, _, flags, _ = self._unpack_read_in(buf, 40)
-        ctx = self.files.get(fh)
+        ctx = self.enter(fd, unique, fh, pid, uid, gid, OP.FUSE_READ, size, flags)
         if ctx is None:
-            self.send_error(fd, unique, errno.EBADF)
             return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
-        ctx.nonblock = flags & os.O_NONBLOCK
-        ctx.opcode, ctx.size = OP.FUSE_READ, size
         pos = ctx.__dict__.get("cuse_pos", 0)
         try:
             result = ctx.device.read(ctx, size, pos)
@@ -158,13 +154,9 @@ class CuseSession(Session):
     def _op_write_positioned(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                              pid: int) -> None:
         fh, _, size, _, _, flags, _ = self._unpack_write_in(buf, 40)
-        ctx = self.files.get(fh)
+        ctx = self.enter(fd, unique, fh, pid, uid, gid, OP.FUSE_WRITE, size, flags)
         if ctx is None:
-            self.send_error(fd, unique, errno.EBADF)
             return
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
-        ctx.nonblock = flags & os.O_NONBLOCK
-        ctx.opcode, ctx.size = OP.FUSE_WRITE, size
         pos = ctx.__dict__.get("cuse_pos", 0)
         start = 40 + self._write_in_size
         try:

@@ -479,14 +479,28 @@ class Session:
                 return None
         return [_pack_out(16, 0, unique)]
 
-    def _simple(self, fd: int, unique: int, opcode: int, fh: int, pid: int, uid: int, gid: int, what: str,
-                *args: Any) -> Optional[List[Any]]:
+    def enter(self, fd: int, unique: int, fh: int, pid: int, uid: int, gid: int, opcode: int, size: int = 0,
+              flags: Optional[int] = None) -> Optional[Context]:
+        """The open file ``fh``, set up for the call being served; None (EBADF answered) if unknown.
+
+        The measured hot handlers (READ, WRITE, IOCTL, POLL, FLUSH) spell this out
+        instead: a call costs ~60 ns per request there.
+        """
         ctx = self.files.get(fh)
         if ctx is None:
             self.send_error(fd, unique, errno.EBADF)
             return None
         ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = fd, unique, pid, uid, gid
-        ctx.opcode = opcode
+        ctx.opcode, ctx.size = opcode, size
+        if flags is not None:
+            ctx.nonblock = bool(flags & _O_NONBLOCK)
+        return ctx
+
+    def _simple(self, fd: int, unique: int, opcode: int, fh: int, pid: int, uid: int, gid: int, what: str,
+                *args: Any) -> Optional[List[Any]]:
+        ctx = self.enter(fd, unique, fh, pid, uid, gid, opcode)
+        if ctx is None:
+            return None
         try:
             result = getattr(ctx.device, what)(ctx, *args)
         except BaseException as exc:
