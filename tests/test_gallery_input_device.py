@@ -16,10 +16,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any, Callable, Iterator, Tuple
+from typing import Any, Iterator, Tuple
 
 import pytest
-from conftest import needs_fuse
+from conftest import needs_fuse, wait_for
 
 import examples.input_device as gallery
 
@@ -36,13 +36,6 @@ needs_evtest = pytest.mark.skipif(shutil.which("evtest") is None,
                                   reason="evtest is not installed (apt-get install evtest)")
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture

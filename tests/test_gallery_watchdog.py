@@ -23,7 +23,7 @@ import time
 from typing import Dict, List
 
 import pytest
-from conftest import ROOT, needs_fuse
+from conftest import ROOT, needs_fuse, wait_for
 
 from examples.watchdog import (
     WDIOC_GETSTATUS,
@@ -62,13 +62,6 @@ def feed(path: str, times: int, every: float) -> None:
                    check=True, timeout=60)
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import needs_fuse
+from conftest import client, needs_fuse, wait_for
 
 from fusd_runtime import DEFER, POLLOUT, POLLPRI, Context, Device, Server
 from fusd_runtime.examples import COUNTER_ADD, COUNTER_GET, Counter, Faulty, Hello, PipeDevice
@@ -29,22 +29,8 @@ from fusd_runtime.ioctl import IO, IOR, IOW, IOWR
 pytestmark = needs_fuse
 
 
-def client(code: str, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python process (a real, separate client)."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"client failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class Recorder(Device):

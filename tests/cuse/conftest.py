@@ -11,12 +11,11 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-import sys
-import textwrap
-import time
 from typing import Callable, Iterator
 
 import pytest
+from conftest import client as _client
+from conftest import wait_for as _wait_for
 
 from fusd_runtime.cuse import CuseServer, cuse_available
 
@@ -31,21 +30,13 @@ def unique_name(stem: str) -> str:
 
 
 def client(code: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python process: a separate, real client."""
-    proc = subprocess.run([sys.executable, "-S", "-c", textwrap.dedent(code), *args], capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"client failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """A fresh client process started with ``-S`` (site import skipped: the guest is slow)."""
+    return _client(code, *args, timeout=timeout, check=check, isolated=True)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+    """``conftest.wait_for`` with the guest's longer default."""
+    return _wait_for(predicate, timeout)
 
 
 @pytest.fixture(scope="module")
