@@ -40,6 +40,24 @@ def client(code: str, *args: str, timeout: float = 30, check: bool = True,
     return proc
 
 
+#: A client that blocks in read() on argv[1]; SIGUSR1's handler raises, so it prints "interrupted".
+BLOCKED_READER = """
+import os, signal, sys
+class Interrupted(Exception):
+    pass
+def handler(sig, frame):
+    raise Interrupted()
+signal.signal(signal.SIGUSR1, handler)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("ready", flush=True)
+try:
+    os.read(fd, 100)
+    print("read returned")
+except Interrupted:
+    print("interrupted")
+"""
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0
 

@@ -18,10 +18,10 @@ from typing import Any, List, Tuple
 import construct as cs
 import pytest
 from conftest import needs_fuse
+from ioctl_schemas import BATCH, EXTENTS, XFER, batch, extent, extents, segment, xfer
 
 from fusd_runtime import Context, Device, Server
 from fusd_runtime.ioctl import (
-    IN,
     INOUT,
     IOR,
     IOW,
@@ -41,15 +41,6 @@ from fusd_runtime.ioctl import (
 u32, s32, u64 = cs.Int32ul, cs.Int32sl, cs.Int64ul
 point = cs.Struct("x" / s32, "y" / s32)
 GET_POINT, SET_POINT, MOVE_POINT = IOR("Q", 1, 8), IOW("Q", 2, 8), IOWR("Q", 3, 8)
-xfer = cs.Struct("tx" / Pointer("tx_len", direction=IN), "rx" / Pointer("rx_len", direction=OUT),
-                 "tx_len" / u32, "rx_len" / u32)
-XFER = IOWR("X", 1, xfer.sizeof())
-segment = cs.Struct("buf" / Pointer("len", direction=INOUT), "len" / u32, "flags" / u32)
-batch = cs.Struct("segs" / Pointer("count", target=segment, direction=INOUT), "count" / u32, "done" / u32)
-BATCH = IOWR("X", 2, batch.sizeof())
-extent = cs.Struct("start" / u64, "length" / u64)
-extents = cs.Struct("count" / u32, "mapped" / u32, "items" / Flex("count", extent))
-EXTENTS = IOWR("X", 3, 8)
 
 
 class Plotter(Device):

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import client, needs_fuse, wait_for
+from conftest import BLOCKED_READER, client, needs_fuse, wait_for
 
 from fusd_runtime import DEFER, POLLOUT, POLLPRI, Context, Device, Server
 from fusd_runtime.examples import COUNTER_ADD, COUNTER_GET, Counter, Faulty, Hello, PipeDevice
@@ -166,22 +166,6 @@ def _write(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
 
-
-BLOCKED_READER = """
-import os, signal, sys
-class Interrupted(Exception):
-    pass
-def handler(sig, frame):
-    raise Interrupted()
-signal.signal(signal.SIGUSR1, handler)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-print("ready", flush=True)
-try:
-    os.read(fd, 100)
-    print("read returned")
-except Interrupted:
-    print("interrupted")
-"""
 
 
 def test_signal_interrupts_a_blocked_read(server: Server) -> None:

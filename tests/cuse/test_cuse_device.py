@@ -16,6 +16,7 @@ import sys
 import threading
 
 import pytest
+from conftest import BLOCKED_READER
 
 from fusd_runtime import POLLIN, POLLRDNORM, Context, Device
 from fusd_runtime.cuse import CuseServer, cuse_available, open_server
@@ -132,22 +133,6 @@ def test_poll_woken_by_the_device(cuse: CuseServer) -> None:
     finally:
         os.close(fd)
 
-
-BLOCKED_READER = """
-import os, signal, sys
-class Interrupted(Exception):
-    pass
-def handler(sig, frame):
-    raise Interrupted()
-signal.signal(signal.SIGUSR1, handler)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-print("ready", flush=True)
-try:
-    os.read(fd, 100)
-    print("read returned")
-except Interrupted:
-    print("interrupted")
-"""
 
 
 def test_blocked_reader_interrupted_by_a_signal(cuse: CuseServer) -> None:

@@ -14,11 +14,12 @@ import struct
 import termios
 
 import construct as cs
+from ioctl_schemas import BATCH, EXTENTS, XFER, batch, extents, xfer
 
 from fusd_runtime import Context, Device
 from fusd_runtime.cuse import CuseServer
 from fusd_runtime.examples import COUNTER_ADD, COUNTER_GET, Counter
-from fusd_runtime.ioctl import IN, INOUT, IOR, IOW, IOWR, OUT, Arg, Flex, Pointer, ioctl
+from fusd_runtime.ioctl import IOR, IOW, OUT, Arg, ioctl
 
 from .conftest import client, needs_cuse, unique_name
 
@@ -32,20 +33,6 @@ rtc_time = cs.Struct(*(name / s32 for name in ("tm_sec", "tm_min", "tm_hour", "t
 RTC_RD_TIME = IOR("p", 9, rtc_time.sizeof())
 RTC_SET_TIME = IOW("p", 10, rtc_time.sizeof())
 
-# a transfer with pointers to a request buffer (in) and a reply buffer (out), like spi_ioc_transfer
-xfer = cs.Struct("tx" / Pointer("tx_len", direction=IN), "rx" / Pointer("rx_len", direction=OUT),
-                 "tx_len" / u32, "rx_len" / u32)
-XFER = IOWR("X", 1, xfer.sizeof())
-
-# two levels: a batch points to an array of segments, each pointing to its own buffer (inout)
-segment = cs.Struct("buf" / Pointer("len", direction=INOUT), "len" / u32, "flags" / u32)
-batch = cs.Struct("segs" / Pointer("count", target=segment, direction=INOUT), "count" / u32, "done" / u32)
-BATCH = IOWR("X", 2, batch.sizeof())
-
-# a flexible array member (like struct fiemap): the number's size is the header's
-extent = cs.Struct("start" / u64, "length" / u64)
-extents = cs.Struct("count" / u32, "mapped" / u32, "items" / Flex("count", extent))
-EXTENTS = IOWR("X", 3, 8)
 
 # tty-style numbers: no size, no direction in the number
 kernel_termios = cs.Struct("c_iflag" / u32, "c_oflag" / u32, "c_cflag" / u32, "c_lflag" / u32, "c_line" / cs.Int8ul,
