@@ -186,7 +186,6 @@ class CuseSession(Session):
         """
         if not flags & _UNRESTRICTED:
             return super().call_ioctl(ctx, flags, cmd, arg, data, out_size)
-        ctx.ioctl_arg = arg
         spec = ioctl_table(ctx.device).get(cmd)
         if spec is None:
             retry = emulate_restricted(cmd, arg, data, out_size)

@@ -24,7 +24,7 @@ import errno
 import os
 import stat
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from fusd_wire import FAST
 from fusd_wire import constants as C
@@ -52,7 +52,10 @@ class FuseSession(Session):
         self.registry = registry
         self.mountpoint = mountpoint
         self.start_time = int(time.time())
-        self._attr_cache: Dict[Node, Tuple[Any, bytes, int]] = {}
+        # nodeid -> packed fuse_attr_out, valid for one registry generation (see _op_getattr)
+        self._attr_out: Dict[int, bytes] = {}
+        self._attr_generation = -1
+        self._nodes_get = registry.nodes.get
         self.handlers.update({
             OP.FUSE_INIT: self._op_init,
             OP.FUSE_LOOKUP: self._op_lookup,
@@ -77,6 +80,7 @@ class FuseSession(Session):
             flags |= _init_in.unpack_from(buf, 40)[4] << 32
         granted = flags & WANTED_FLAGS
         self._set_minor(minor, granted)
+        self._attr_out.clear()  # fuse_attr_out's layout follows the minor
         out = self.codec.fast("fuse_init_out")
         body = out.encode({
             "major": C.FUSE_KERNEL_VERSION, "minor": minor, "max_readahead": max_readahead,
@@ -89,8 +93,14 @@ class FuseSession(Session):
 
     # ------------------------------------------------------------------ the tree
     def _attr(self, node: Node) -> List[int]:
-        t = int(node.mtime) if node.is_dir else self.start_time
-        return [node.nodeid, 0, 0, t, t, t, 0, 0, 0, node.mode, 2 if node.is_dir else 1,
+        # A directory's times change when devices come and go (nanoseconds, so a change
+        # within one second shows); a device file's are the server's start.
+        if node.is_dir:
+            ns = int(node.mtime * 1e9)
+            t, tns = divmod(ns, 1_000_000_000)
+        else:
+            t, tns = self.start_time, 0
+        return [node.nodeid, 0, 0, t, t, t, tns, tns, tns, node.mode, 2 if node.is_dir else 1,
                 node.uid, node.gid, 0, 4096, 0]
 
     def _entry(self, node: Node) -> bytes:
@@ -101,40 +111,37 @@ class FuseSession(Session):
                    pid: int) -> Optional[List[Any]]:
         end = buf.index(0, 40)
         name = buf[40:end].decode("utf-8", "surrogateescape")
-        parent = self.registry.get(nodeid)
+        parent = self._nodes_get(nodeid)
         node = parent.children.get(name) if parent is not None else None
         if node is None:
             return [_pack_out(16, -errno.ENOENT, unique)]  # written after the lock is released
         body = self._entry(node)
         return [_pack_out(16 + len(body), 0, unique), body]
 
-    def _attr_reply(self, fd: int, unique: int, node: Node) -> None:
-        self.writev(fd, self._attr_parts(unique, node))
-
     def _attr_parts(self, unique: int, node: Node) -> List[Any]:
-        # GETATTR is answered from a per-node cache of the packed fuse_attr_out, checked
-        # against the few fields that can change (SETATTR, a directory's mtime): packing
-        # 19 fields through the codec on every statx() cost more than the rest of the reply.
-        key = (node.mode, node.uid, node.gid, node.mtime)
-        cached = self._attr_cache.get(node)
-        if cached is None or cached[0] != key or cached[2] != self.minor:
-            fast = self.codec.fast("fuse_attr_out")
-            body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
-            if len(self._attr_cache) > 4096:  # removed nodes must not pile up
-                self._attr_cache.clear()
-            self._attr_cache[node] = cached = (key, body, self.minor)
-        body = cached[1]
+        fast = self.codec.fast("fuse_attr_out")
+        body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
+        if self._attr_generation != self.registry.generation:
+            self._attr_out.clear()  # devices came or went: directory times changed, ids are gone
+            self._attr_generation = self.registry.generation
+        self._attr_out[node.nodeid] = body
         return [_pack_out(16 + len(body), 0, unique), body]
 
     def _op_getattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                     pid: int) -> Optional[List[Any]]:
-        node = self.registry.get(nodeid)
+        # Answered from the packed fuse_attr_out of the node, made once per registry
+        # generation (SETATTR drops it): packing 19 fields per statx() cost more than
+        # the rest of the reply.
+        body = self._attr_out.get(nodeid)
+        if body is not None and self._attr_generation == self.registry.generation:
+            return [_pack_out(16 + len(body), 0, unique), body]  # written after the lock is released
+        node = self._nodes_get(nodeid)
         if node is None:
             return [_pack_out(16, -errno.ENOENT, unique)]
-        return self._attr_parts(unique, node)  # written after the lock is released
+        return self._attr_parts(unique, node)
 
     def _op_setattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
-        node = self.registry.get(nodeid)
+        node = self._nodes_get(nodeid)
         if node is None:
             self.send_error(fd, unique, errno.ENOENT)
             return
@@ -145,10 +152,10 @@ class FuseSession(Session):
             node.uid = f.uid
         if f.valid & C.FattrFlags.FATTR_GID:
             node.gid = f.gid
-        self._attr_reply(fd, unique, node)  # size changes (O_TRUNC) mean nothing to a device
+        self.writev(fd, self._attr_parts(unique, node))  # size changes (O_TRUNC) mean nothing to a device
 
     def _op_opendir(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
-        node = self.registry.get(nodeid)
+        node = self._nodes_get(nodeid)
         if node is None or not node.is_dir:
             self.send_error(fd, unique, errno.ENOTDIR if node is not None else errno.ENOENT)
             return
@@ -156,7 +163,7 @@ class FuseSession(Session):
 
     def _op_readdir(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
         _, offset, size, *_ = self._unpack_read_in(buf, 40)
-        node = self.registry.get(nodeid)
+        node = self._nodes_get(nodeid)
         if node is None:
             self.send_error(fd, unique, errno.ENOENT)
             return
@@ -187,7 +194,7 @@ class FuseSession(Session):
 
     # ------------------------------------------------------------------ devices
     def device_for_open(self, nodeid: int) -> Device:
-        node = self.registry.get(nodeid)
+        node = self._nodes_get(nodeid)
         if node is None or node.device is None:
             raise OSError(errno.ENOENT if node is None else errno.EISDIR, "no such device")
         return node.device

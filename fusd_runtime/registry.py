@@ -58,6 +58,8 @@ class Registry:
         self.root = Node(ROOT_ID, "", None, None, stat.S_IFDIR | dir_mode, uid, gid)
         self.nodes: Dict[int, Node] = {ROOT_ID: self.root}
         self._next_id = ROOT_ID + 1
+        #: bumped by every add and remove: caches of node attributes compare it to stay valid
+        self.generation = 0
 
     @staticmethod
     def split(name: str) -> List[str]:
@@ -89,6 +91,7 @@ class Registry:
         parent.children[name] = node
         parent.mtime = time.time()
         self.nodes[node.nodeid] = node
+        self.generation += 1
         return node
 
     def remove(self, name: str) -> List[Node]:
@@ -105,6 +108,7 @@ class Registry:
                 del self.nodes[node.nodeid]
                 removed.append(node)
                 node = node.parent
+            self.generation += 1
             return removed
 
     def lookup_path(self, parts: List[str]) -> Optional[Node]:

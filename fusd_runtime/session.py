@@ -40,6 +40,7 @@ _pack_out = _OUT_HEADER.pack
 _O_NONBLOCK = os.O_NONBLOCK
 _NOTIFY_POLL = int(C.fuse_notify_code.FUSE_NOTIFY_POLL)
 _IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
+_IOCTL_UNRESTRICTED = int(C.IoctlFlags.FUSE_IOCTL_UNRESTRICTED)
 _POLL_SCHEDULE_NOTIFY = int(C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY)
 _FOPEN_SEEKABLE = int(C.FopenFlags.FOPEN_DIRECT_IO)
 _FOPEN_STREAM = int(C.FopenFlags.FOPEN_DIRECT_IO | C.FopenFlags.FOPEN_NONSEEKABLE | C.FopenFlags.FOPEN_STREAM)
@@ -104,6 +105,7 @@ class Session:
         self.by_device: Dict[Device, Set[Context]] = {}
         self.deferred: Dict[int, ReplyHandle] = {}
         self.ioctl_encoders: Dict[int, Callable[[Any], Any]] = {}  # unique -> encoder of a deferred declared ioctl
+        self.ioctl_tables: Dict[Device, Dict[int, Any]] = {}  # device -> its declared ioctls (looked up once)
         self._next_fh = 1
         self.minor = C.FUSE_KERNEL_MINOR_VERSION
         self.init_flags = 0
@@ -206,6 +208,7 @@ class Session:
             if rec is not None:
                 rec.record(self.conn_id, 1, memoryview(buf)[:n])  # INBOUND: kernel -> daemon
             _, opcode, unique, nodeid, uid, gid, pid, _, _ = unpack_header(buf)
+            # Stopping empties ``handlers``, so the hot path needs no check of its own.
             handler = handlers.get(opcode)
             try:
                 # A handler either answers itself and returns None, or returns the reply's
@@ -213,11 +216,11 @@ class Session:
                 # woken by the next request never blocks on a lock held across a syscall.
                 acquire()
                 try:
-                    if self.stopping:
-                        self._answer_while_stopping(fd, opcode, unique)
-                        break
                     if handler is not None:
                         parts = handler(fd, buf, unique, nodeid, uid, gid, pid)
+                    elif self.stopping:
+                        self._answer_while_stopping(fd, opcode, unique)
+                        break
                     else:
                         parts = None
                         if opcode not in (OP.FUSE_FORGET, OP.FUSE_BATCH_FORGET, OP.FUSE_NOTIFY_REPLY):
@@ -552,8 +555,17 @@ class Session:
         ctx.gid = gid
         ctx.opcode = 39  # FUSE_IOCTL
         ctx.size = out_size
+        ctx.ioctl_arg = arg
+        device = ctx.device
+        declared = self.ioctl_tables.get(device)
+        if declared is None:
+            self.ioctl_tables[device] = declared = ioctl_table(device)
         try:
-            result = self.call_ioctl(ctx, flags, cmd, arg, bytes(buf[72:72 + in_size]) if in_size else b"", out_size)
+            if declared or flags & _IOCTL_UNRESTRICTED:  # declared arguments, or CUSE's retry protocol
+                result = self.call_ioctl(ctx, flags, cmd, arg, bytes(buf[72:72 + in_size]) if in_size else b"",
+                                         out_size)
+            else:  # a plain restricted ioctl: straight to the device
+                result = device.ioctl(ctx, cmd, bytes(buf[72:72 + in_size]) if in_size else b"", out_size)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "ioctl")
             return None
@@ -577,7 +589,6 @@ class Session:
         ioctls); a command the device declared (``ioctl.Arg``) is decoded with its
         schema and the handler's result encoded back.
         """
-        ctx.ioctl_arg = arg
         spec = ioctl_table(ctx.device).get(cmd)
         if spec is None:
             return ctx.device.ioctl(ctx, cmd, data, out_size)
@@ -671,6 +682,7 @@ class Session:
             ctx.device = GONE
             self.by_device.setdefault(GONE, set()).add(ctx)
         self.by_device.pop(device, None)
+        self.ioctl_tables.pop(device, None)
         for handle in tuple(self.deferred.values()):
             if handle.ctx.device is GONE:
                 handle.error(errno.ENODEV)
@@ -688,6 +700,7 @@ class Session:
     def stop_readers(self, timeout: float = 5.0) -> None:
         """Stop every reader thread: each exits on the next request it reads."""
         self.stopping = True
+        self.handlers.clear()  # every request now takes the readers' slow path, which sees ``stopping``
         self.fail_pending()
         import time
         deadline = time.monotonic() + timeout
