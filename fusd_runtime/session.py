@@ -7,7 +7,7 @@ OPEN, READ, WRITE, RELEASE, FLUSH, FSYNC, IOCTL, POLL, INTERRUPT — is handled
 here, once, for both transports; subclasses add INIT and what is particular to
 their transport.
 
-The hot path: each reader thread blocks in ``os.readv`` on its own fd into one
+The hot path: each reader thread blocks in ``read(2)`` on its own fd into one
 preallocated buffer, unpacks the header and the fixed request struct with
 ``struct.Struct`` codecs derived from ``fusd_wire`` (never construct), calls the
 device under the session's callback lock and answers with one ``os.writev``.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import logging
 import os
 import struct
@@ -166,6 +167,8 @@ class Session:
     # ------------------------------------------------------------------ readers
     def start_readers(self) -> None:
         """Start the reader threads (cloning fds for all but the first when ``clone``)."""
+        if not os.get_blocking(self.fd):  # readinto() would return None instead of waiting
+            raise ValueError(f"{self.kind}: the channel fd {self.fd} must be blocking (readers wait in read(2))")
         for i in range(self.nreaders):
             fd = self.fd
             if i and self.clone:
@@ -186,8 +189,9 @@ class Session:
 
     def _reader(self, fd: int) -> None:
         buf = RequestBuffer(self.bufsize)
-        bufs = [buf]
-        readv = os.readv
+        # FileIO.readinto: one read(2) into the buffer, ~0.1 µs per request cheaper than
+        # os.readv (no iovec list to convert); closefd=False: the fd stays ours to close.
+        readinto = io.FileIO(fd, "r", closefd=False).readinto
         unpack_header = _IN_HEADER.unpack_from
         handlers = self.handlers
         # acquire/release instead of ``with``: half the cost (~55 ns) on every request
@@ -197,7 +201,7 @@ class Session:
         writev = self.writev
         while True:
             try:
-                n = readv(fd, bufs)
+                n = readinto(buf)
             except OSError as exc:
                 if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
                     continue  # ENOENT: the request was interrupted before we got it
