@@ -298,7 +298,7 @@ def run_client(exe: Optional[str], op: str, target: str, iterations: int, warmup
 class BenchServer:
     """``python -m fusd_runtime.perfserver`` in its own process, pinned as asked; a context manager."""
 
-    def __init__(self, *, device: Optional[str] = None, transport: str = "fuse", readers: int = 2,
+    def __init__(self, *, device: Optional[str] = None, transport: str = "fuse", readers: Optional[int] = None,
                  cpu: Optional[int] = None, timeout: float = 20.0) -> None:
         self.device, self.transport, self.readers, self.cpu, self.timeout = device, transport, readers, cpu, timeout
         self.proc: Optional[subprocess.Popen[str]] = None
@@ -306,8 +306,9 @@ class BenchServer:
         self.paths: Dict[str, str] = {}
 
     def __enter__(self) -> BenchServer:
-        cmd = [sys.executable, "-m", "fusd_runtime.perfserver", "--readers", str(self.readers), "--pipe",
-               "--transport", self.transport]
+        cmd = [sys.executable, "-m", "fusd_runtime.perfserver", "--pipe", "--transport", self.transport]
+        if self.readers is not None:  # else the server's default: 2, or 1 when pinned to one CPU
+            cmd += ["--readers", str(self.readers)]
         if self.device:
             cmd += ["--device", self.device]
         if self.transport == "fuse":
@@ -387,7 +388,7 @@ def _cpus(pin: str) -> Tuple[Optional[int], Optional[int]]:
 
 
 def measure(*, device: Optional[str] = None, pin: str = "same", transport: str = "fuse", iterations: int = 20000,
-            warmup: int = 1000, readers: int = 2, ops: Sequence[str] = OPS, client: str = "auto",
+            warmup: int = 1000, readers: Optional[int] = None, ops: Sequence[str] = OPS, client: str = "auto",
             floors: bool = True, progress: Any = None) -> Dict[str, Any]:
     """Run every op against the fusd device and the floors; returns rows and metadata."""
     say = progress or (lambda msg: None)
@@ -410,7 +411,8 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
             row["target"] = name
             rows.append(row)
     return {"rows": rows, "client": "C (gcc, compiled at run time)" if exe else "Python (os.pread etc.; slower loop)",
-            "pin": pin, "transport": transport, "readers": readers, "iterations": iterations,
+            "pin": pin, "transport": transport, "iterations": iterations,
+            "readers": readers if readers is not None else (1 if scpu is not None else 2),  # the server's default
             "device": device or "fusd_runtime.examples:PerfFile"}
 
 
@@ -446,7 +448,8 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--iterations", "-n", type=int, default=20000, help="timed calls per op (default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default iterations/20)")
     p.add_argument("--quick", action="store_true", help="200 calls per op: checks it works, numbers are rough")
-    p.add_argument("--readers", type=int, default=2, help="server reader threads (default 2)")
+    p.add_argument("--readers", type=int,
+                   help="server reader threads (default: the server's own, 2 or 1 when pinned to one CPU)")
     p.add_argument("--ops", default=",".join(OPS), help="comma separated subset of " + ",".join(OPS))
     p.add_argument("--client", choices=("auto", "c", "python"), default="auto")
     p.add_argument("--no-floors", action="store_true", help="skip the kernel floor measurements")

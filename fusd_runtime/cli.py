@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     serve.add_argument("--name", help="device name (default: the class's name, lowercased)")
     serve.add_argument("--transport", choices=["auto", "fuse", "cuse"], default="auto")
     serve.add_argument("--mountpoint", help="FUSE: the directory to serve in (default: a temporary one)")
-    serve.add_argument("--readers", type=int, help="reader threads (default 2)")
+    serve.add_argument("--readers", type=int, help="reader threads (default: 2, or 1 when pinned to one CPU)")
     serve.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")
     sub.add_parser("bench", help="per-syscall round-trip latency (fusd bench --help)", add_help=False)
     sub.add_parser("decode", help="decode a capture (fusd decode --help)", add_help=False)

@@ -43,7 +43,7 @@ from fusd_wire import constants as C
 from .device import DEFER, Device, ReplyHandle
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
-from .session import _OUT_HEADER, GONE, OP, Session
+from .session import _OUT_HEADER, GONE, OP, Session, default_readers
 
 _pack_out = _OUT_HEADER.pack
 
@@ -226,7 +226,8 @@ class CuseServer(ServerBase):
     (:func:`cuse_available`).
 
     Args:
-        readers: reader threads per device (they share the device's /dev/cuse fd).
+        readers: reader threads per device (they share the device's /dev/cuse fd); default
+            as on FUSE (``session.default_readers``).
         record: a path or a ``fusd_wire.trace`` Recorder: capture every message.
         uid, gid: default owner of the nodes (default: the server's).
         node_timeout: seconds to wait for the kernel to create a node.
@@ -234,10 +235,10 @@ class CuseServer(ServerBase):
 
     transport = "cuse"
 
-    def __init__(self, *, readers: int = 2, record: Any = None, uid: Optional[int] = None,
+    def __init__(self, *, readers: Optional[int] = None, record: Any = None, uid: Optional[int] = None,
                  gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
         super().__init__(record=record)
-        self.readers = readers
+        self.readers = default_readers() if readers is None else readers
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
         self.node_timeout = node_timeout

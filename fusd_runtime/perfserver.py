@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusd_runtime.perfserver",
                                 description="Serve the perf harness's dev0 (PerfFile) with fusd_runtime.")
     p.add_argument("mountpoint", nargs="?", help="FUSE mount directory (not used with --transport cuse)")
-    p.add_argument("--readers", type=int, default=2, help="reader threads (default 2)")
+    p.add_argument("--readers", type=int, help="reader threads (default: 2, or 1 when pinned to one CPU)")
     p.add_argument("--device", help="serve module:Class as dev0 instead of PerfFile")
     p.add_argument("--pipe", action="store_true",
                    help="also serve a PipeDevice as pipe0 (poll wakeups) and a Counter as counter0")

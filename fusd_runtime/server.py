@@ -36,6 +36,7 @@ from .fusefs import FuseSession, node_path
 from .ioctl import check_ioctls
 from .mount import Mount
 from .registry import Registry
+from .session import default_readers
 
 log = logging.getLogger("fusd")
 
@@ -250,8 +251,9 @@ class Server(ServerBase):
     Args:
         mountpoint: the directory the devices appear in; None creates a temporary
             one (removed again on stop).
-        readers: reader threads (default 2: one stays blocked in the kernel while
-            the other runs Python, which avoids a costly cross-CPU wakeup per call).
+        readers: reader threads (default: 2, so one stays blocked in the kernel while
+            the other runs Python, which avoids a costly cross-CPU wakeup per call; 1 when
+            the process may only run on one CPU, see ``session.default_readers``).
         allow_other: let other users use the devices (default: when root).
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
@@ -260,13 +262,13 @@ class Server(ServerBase):
 
     transport = "fuse"
 
-    def __init__(self, mountpoint: Optional[str] = None, *, readers: int = 2, allow_other: Optional[bool] = None,
-                 mount_method: str = "auto", record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, fsname: str = "fusd") -> None:
+    def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
+                 allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
+                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd") -> None:
         super().__init__(record=record)
         self.mountpoint = mountpoint
         self._own_mountpoint = False
-        self.readers = readers
+        self.readers = default_readers() if readers is None else readers
         self.allow_other = allow_other
         self.mount_method = mount_method
         self.fsname = fsname

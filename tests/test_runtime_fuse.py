@@ -485,3 +485,23 @@ def test_close_sends_flush_only_to_devices_with_a_flush_callback(server: Server)
         os.close(fd)
     assert len(flushes) == 1
     assert any(c[0] == "flush" for c in rec.calls)
+
+
+def test_default_readers_follow_cpu_affinity() -> None:
+    """2 readers by default; 1 when the server may only run on one CPU (a second could never help)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to tell the defaults apart")
+    code = """
+import os, sys, threading
+from fusd_runtime import Server
+from fusd_runtime.examples import Hello
+if sys.argv[1] == "pinned":
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+with Server() as srv:
+    srv.add(Hello(), "hello")
+    with open(srv.path("hello"), "rb") as f:
+        assert f.read() == Hello().text
+    print(srv.readers, sum(t.name.startswith("fusd-fuse-reader") for t in threading.enumerate()))
+"""
+    assert client(code, "pinned").stdout.split() == ["1", "1"]
+    assert client(code, "free").stdout.split() == ["2", "2"]
