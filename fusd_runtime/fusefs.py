@@ -119,18 +119,19 @@ class FuseSession(Session):
         return [_pack_out(16 + len(body), 0, unique), body]
 
     def _attr_parts(self, unique: int, node: Node) -> List[Any]:
+        generation = self.registry.generation  # read before packing: a later add/remove invalidates this body
+        if self._attr_generation != generation:
+            self._attr_out.clear()  # devices came or went: directory times changed, ids are gone
+            self._attr_generation = generation
         fast = self.codec.fast("fuse_attr_out")
         body = fast.pack(*([TIMEOUT, 0, 0] + self._attr(node))[:len(fast.fields)])
-        if self._attr_generation != self.registry.generation:
-            self._attr_out.clear()  # devices came or went: directory times changed, ids are gone
-            self._attr_generation = self.registry.generation
         self._attr_out[node.nodeid] = body
         return [_pack_out(16 + len(body), 0, unique), body]
 
     def _op_getattr(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
                     pid: int) -> Optional[List[Any]]:
         # Answered from the packed fuse_attr_out of the node, made once per registry
-        # generation (SETATTR drops it): packing 19 fields per statx() cost more than
+        # generation (SETATTR repacks it): packing 19 fields per statx() cost more than
         # the rest of the reply.
         body = self._attr_out.get(nodeid)
         if body is not None and self._attr_generation == self.registry.generation:

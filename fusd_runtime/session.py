@@ -578,12 +578,12 @@ class Session:
         declared = self.ioctl_tables.get(device)
         if declared is None:
             self.ioctl_tables[device] = declared = ioctl_table(device)
+        data = bytes(buf[72:72 + in_size]) if in_size else b""
         try:
             if declared or flags & _IOCTL_UNRESTRICTED:  # declared arguments, or CUSE's retry protocol
-                result = self.call_ioctl(ctx, flags, cmd, arg, bytes(buf[72:72 + in_size]) if in_size else b"",
-                                         out_size)
+                result = self.call_ioctl(ctx, flags, cmd, arg, data, out_size)
             else:  # a plain restricted ioctl: straight to the device
-                result = device.ioctl(ctx, cmd, bytes(buf[72:72 + in_size]) if in_size else b"", out_size)
+                result = device.ioctl(ctx, cmd, data, out_size)
         except BaseException as exc:
             self._failed(fd, unique, exc, ctx, "ioctl")
             return None
