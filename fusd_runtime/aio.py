@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import errno
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .device import DEFER, ReplyHandle
-from .strand import Strand, strand_of
+from .strand import LoopStrand, Strand, strand_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from .device import Context
@@ -51,30 +52,49 @@ class _DeviceExit(Exception):
     """Carries SystemExit/KeyboardInterrupt out of a device task (asyncio would let them kill the loop)."""
 
 
+#: the callbacks whose being ``async def`` makes a device an asyncio device
+CALLBACKS = ("open", "release", "flush", "fsync", "read", "write", "ioctl", "poll")
+
+
+def is_asyncio_device(device: Any) -> bool:
+    """True if the device's code must run under the event loop.
+
+    That is: a callback is ``async def``, or the device says so (``uses_asyncio``).
+    """
+    flag = getattr(device, "uses_asyncio", None)
+    if flag is not None:
+        return bool(flag)
+    for name in CALLBACKS:
+        if inspect.iscoroutinefunction(getattr(device, name, None)):
+            return True
+    from .ioctl import ioctl_table  # declared ioctl handlers may be async too
+    try:
+        specs = ioctl_table(device).values()
+    except Exception:  # a broken declaration is reported by check_ioctls, not here
+        return False
+    return any(spec.handler is not None and inspect.iscoroutinefunction(getattr(device, spec.handler, None))
+               for spec in specs)
+
+
 def run_coroutine(session: Session, chan: Any, unique: int, pid: int, uid: int, gid: int, nonblock: Any,
                   ctx: Context, opcode: int, size: int, coro: Any) -> None:
     """Drive the coroutine a callback returned for request ``unique`` (see the module docstring)."""
     loop: Any = session.loop
-    park = loop.park if loop is not None else None
     strand = ctx.strand
-    if park is not None and strand.acquire(False):
+    if loop is not None and loop.loop is not None and strand.__class__ is LoopStrand and strand.acquire(False):
         try:
-            if park.acquire(False):
-                outcome = _eager(session, loop.loop, park, chan, unique, pid, uid, gid, nonblock, ctx, opcode,
-                                 size, coro)
-                if outcome is not None:
-                    kind, value = outcome
-                    if kind:
-                        if value is not DEFER and value.__class__ is not ReplyHandle:  # else: it deferred itself
-                            session.send_result(chan, unique, opcode, value, size, ctx)
-                    else:
-                        session.failed_call(chan, unique, value, ctx, _callback_name(opcode))
-                return
+            outcome = _eager(session, loop.loop, chan, unique, pid, uid, gid, nonblock, ctx, opcode, size, coro)
         finally:
             strand.release()
-            if strand.backlog:
-                strand.drain()
-    # The loop is busy or not ours: start as a task on the loop.
+        if outcome is not None:
+            kind, value = outcome
+            if kind:
+                if value is not DEFER and value.__class__ is not ReplyHandle:  # else: it deferred itself
+                    session.send_result(chan, unique, opcode, value, size, ctx)
+            else:
+                session.failed_call(chan, unique, value, ctx, _callback_name(opcode))
+        return
+    # The loop is busy or borrowed (or the device's code is not the loop's): start as a task.
     handle = session.async_handle(chan, unique, pid, uid, gid, nonblock, ctx, opcode, size)
     if loop is None or loop.loop is None:
         handle.error(errno.ENODEV)
@@ -82,9 +102,9 @@ def run_coroutine(session: Session, chan: Any, unique: int, pid: int, uid: int, 
     loop.call_soon(_spawn, loop.loop, handle, coro, _NOTHING)
 
 
-def _eager(session: Session, loop: Any, park: Any, chan: Any, unique: int, pid: int, uid: int, gid: int,
+def _eager(session: Session, loop: Any, chan: Any, unique: int, pid: int, uid: int, gid: int,
            nonblock: Any, ctx: Context, opcode: int, size: int, coro: Any) -> Optional[tuple]:
-    """The first step in the reader, loop parked: (True, value) / (False, exc) if finished, None if it became a task."""
+    """The first step, the loop parked (or on it): (True, value) / (False, exc) if done, None if it became a task."""
     before = len(loop._scheduled)
     prev = _get_running_loop()
     _set_running_loop(loop)
@@ -103,15 +123,14 @@ def _eager(session: Session, loop: Any, park: Any, chan: Any, unique: int, pid: 
             return False, exc
         except BaseException as exc:  # noqa: B036 - every exception becomes the caller's answer
             return False, exc
-        # It waits: a task takes over (safe here: the loop thread is parked).
+        # It waits: a task takes over (safe here: the loop thread is parked, or it is us).
         handle = session.async_handle(chan, unique, pid, uid, gid, nonblock, ctx, opcode, size)
         _spawn(loop, handle, coro, yielded)
         return None
     finally:
         _set_running_loop(prev)
-        if loop._ready or len(loop._scheduled) != before:
+        if prev is not loop and (loop._ready or len(loop._scheduled) != before):
             loop._write_to_self()  # the parked loop must see what this step scheduled
-        park.release()
 
 
 def _spawn(loop: Any, handle: ReplyHandle, coro: Any, first: Any) -> None:

@@ -202,6 +202,9 @@ class Device:
     #: True: callbacks of this device may run at the same time (several reader threads);
     #: the device then protects its own state.  Default False: one at a time (see strand.py).
     concurrent: bool = False
+    #: True: the device's code uses asyncio objects and must run under the event loop (the
+    #: default, None, decides by itself: True when a callback is ``async def``; see aio.py)
+    uses_asyncio: Optional[bool] = None
     #: the size a seekable device reports (``st_size``; mmap and io_uring/libaio reads use it).
     #: None: a stream reports the largest size (the kernel must never cut an asynchronous
     #: read short at it), a seekable device 0.

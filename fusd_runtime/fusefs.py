@@ -12,6 +12,8 @@ INIT flags asked for (only those the kernel offers are kept):
 - FUSE_ATOMIC_O_TRUNC: ``open(O_TRUNC)`` (shell ``>``) needs no SETATTR round trip.
 - FUSE_PARALLEL_DIROPS: lookups in the device tree need not serialize.
 - FUSE_INIT_EXT: the flags2 word exists (7.36+).
+- FUSE_ABORT_ERROR: after a fusectl ``abort`` our readers get ECONNABORTED, not the
+  ENODEV of an unmount, so the server can say which of the two ended it.
 Not asked for: FUSE_ASYNC_DIO (would split one large read() into parallel
 requests: a device's byte order must not depend on that), FUSE_WRITEBACK_CACHE
 and splice (devices are not page-cached), FUSE_POSIX_LOCKS/FLOCK_LOCKS (local
@@ -38,7 +40,7 @@ _init_in = FAST.fuse_init_in.struct  # 64 bytes; its first 16 are the pre-7.36 l
 TIMEOUT = 3600  # seconds the kernel may cache entries and attributes
 
 WANTED_FLAGS = (C.InitFlags.FUSE_BIG_WRITES | C.InitFlags.FUSE_MAX_PAGES | C.InitFlags.FUSE_ATOMIC_O_TRUNC
-                | C.InitFlags.FUSE_PARALLEL_DIROPS | C.InitFlags.FUSE_INIT_EXT)
+                | C.InitFlags.FUSE_PARALLEL_DIROPS | C.InitFlags.FUSE_INIT_EXT | C.InitFlags.FUSE_ABORT_ERROR)
 WAKE_NAME = ".fusd-wakeup"
 
 

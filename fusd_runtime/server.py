@@ -41,6 +41,7 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .aio import is_asyncio_device
 from .device import Device
 from .fusefs import FuseSession, node_path
 from .ioctl import check_ioctls
@@ -49,7 +50,7 @@ from .mount import Mount
 from .reader import SUPERVISE_EVERY
 from .registry import Registry
 from .session import Session, default_readers
-from .strand import strand_of
+from .strand import give_loop_strand, strand_of
 
 log = logging.getLogger("fusd")
 
@@ -349,8 +350,16 @@ class ServerBase:
         return loop
 
     def _prepare(self, device: Device) -> None:
-        """Per-device set-up at ``add()``: its strand, made once before any request can reach it."""
-        strand_of(device)
+        """Per-device set-up at ``add()``: its strand, made once before any request can reach it.
+
+        A device with ``async def`` callbacks (or ``uses_asyncio = True``) gets the event
+        loop as its strand (``strand.LoopStrand``): all its code runs where asyncio
+        code may run.
+        """
+        if is_asyncio_device(device):
+            give_loop_strand(device, self._loop)
+        else:
+            strand_of(device)
 
 
 def _set_if_pending(fut: asyncio.Future) -> None:

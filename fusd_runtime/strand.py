@@ -114,6 +114,53 @@ def _nothing() -> None:
 FREE = _FreeStrand()
 
 
+class LoopStrand(Strand):
+    """The strand of an *asyncio device* (one with ``async def`` callbacks): the event loop itself.
+
+    Such a device's code uses asyncio objects (queues, events, futures), which
+    are not thread-safe, so all of it runs where asyncio code may run: on the
+    loop's thread, or in a reader thread while the owned loop is *parked*
+    (``loop.py``: it sleeps in ``select`` and cannot run).  Holding this strand
+    means holding ``park``; the loop thread holds it whenever it runs, so there it
+    always succeeds.  Work that cannot get it is posted to the loop, which runs it
+    in order with the device's tasks: suspended coroutines resume in the order
+    asyncio wakes them (an ``asyncio.Queue``'s waiters are served first come,
+    first served), never reordered by a busy strand.  A borrowed loop (``async
+    with Server()``) cannot be parked: everything is posted to it.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.events = events  # the server's loop.EventLoop (its park lock appears when it starts)
+        self.acquire = self._acquire
+        self.release = self._release
+
+    def _acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        events = self.events
+        if threading.get_ident() == events.thread_id:
+            return True  # the loop thread always holds it
+        park = events.park
+        return park is not None and park.acquire(False)
+
+    def _release(self) -> None:
+        if threading.get_ident() != self.events.thread_id:
+            self.events.park.release()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._acquire(False):
+            try:
+                fn(*args)
+            finally:
+                self._release()
+        else:
+            self.events.call_soon(fn, *args)
+
+    def drain(self) -> None:
+        pass  # no backlog: what could not run here was posted to the loop
+
+
 def strand_of(device: Any) -> Strand:
     """The device's strand, made on first use (``Device`` subclasses need not call ``super().__init__``).
 
@@ -127,3 +174,10 @@ def strand_of(device: Any) -> Strand:
     strand = FREE if getattr(device, "concurrent", False) else Strand(getattr(device, "name", "") or
                                                                       type(device).__name__)
     return device.__dict__.setdefault("_fusd_strand", strand)
+
+
+def give_loop_strand(device: Any, events: Any) -> Strand:
+    """Make ``device`` an asyncio device: its code runs on (or in the place of) the loop; see LoopStrand."""
+    strand = LoopStrand(events, getattr(device, "name", "") or type(device).__name__)
+    device.__dict__["_fusd_strand"] = strand
+    return strand
