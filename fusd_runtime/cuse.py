@@ -384,7 +384,7 @@ def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseSer
     if transport == "cuse" or (transport == "auto" and cuse_available()):
         if transport == "cuse" and not cuse_available():
             raise RuntimeError("CUSE is not available here: needs /dev/cuse (a kernel with CONFIG_CUSE) and root")
-        for key in ("mountpoint", "allow_other", "mount_method", "fsname"):
+        for key in ("mountpoint", "allow_other", "mount_method", "fsname", "mount_options"):
             kwargs.pop(key, None)
         return CuseServer(**kwargs)
     return Server(**kwargs)

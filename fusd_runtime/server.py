@@ -258,14 +258,18 @@ class Server(ServerBase):
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
         uid, gid: default owner of device files (default: the server's).
+        mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
+            (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
     """
 
     transport = "fuse"
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd") -> None:
+                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 mount_options: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(record=record)
+        self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
         self.readers = default_readers() if readers is None else readers
@@ -345,7 +349,7 @@ class Server(ServerBase):
             self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
-                           method=self.mount_method)
+                           method=self.mount_method, **self.mount_options)
         self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
                                    recorder=self.recorder, on_error=self._on_error)
         for node in self.registry.devices():
