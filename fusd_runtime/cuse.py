@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Union
 from fusd_wire import Codec
 from fusd_wire import constants as C
 
+from .checks import check_device
 from .device import DEFER, Device, ReplyHandle
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
@@ -255,6 +256,7 @@ class CuseServer(ServerBase):
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
         check_ioctls(device, self.transport)
+        check_device(device)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid

@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .checks import check_device
 from .device import Device
 from .fusefs import FuseSession, node_path
 from .ioctl import check_ioctls
@@ -292,6 +293,7 @@ class Server(ServerBase):
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         check_ioctls(device, self.transport)
+        check_device(device)
         self.registry.add(name, device, mode, uid, gid)
         device.name = name
         device.session = self.session
