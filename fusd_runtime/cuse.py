@@ -1,10 +1,12 @@
 """The CUSE transport: each device is a real character device node, ``/dev/NAME``.
 
+    # doc: needs /dev/cuse
     from fusd_runtime.cuse import CuseServer
+    from fusd_runtime.examples import Hello
 
     with CuseServer() as server:            # root, and a kernel with CUSE
-        server.add(Hello(), "hello")        # -> /dev/hello, mode from the device
-        print(open(server.path("hello")).read())
+        server.add(Hello(), "fusd-hello")   # -> /dev/fusd-hello, mode from the device
+        print(open(server.path("fusd-hello")).read())
 
 One ``/dev/cuse`` connection serves one device (the kernel creates one node
 per connection), so a :class:`CuseServer` holds one :class:`CuseSession` per

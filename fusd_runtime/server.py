@@ -3,8 +3,9 @@
     from fusd_runtime import Server, Device
 
     class Hello(Device):
+        seekable = True                   # read() gets the file offset: it ends
         def read(self, ctx, size, offset):
-            return b"hello\\n"
+            return b"hello\\n"[offset:offset + size]
 
     with Server() as server:          # a temporary mount directory (FUSE)
         server.add(Hello(), "hello")

@@ -13,7 +13,6 @@ import os
 import sys
 from typing import List, Optional
 
-
 DECODE_EXAMPLE = """example:
   fusd serve --record /tmp/s.pcapng -f fusd_runtime.examples:Hello /tmp/devs   (cat /tmp/devs/hello, Ctrl-C)
   python -m fusd_wire decode /tmp/s.pcapng --stats      per-opcode counts and latencies

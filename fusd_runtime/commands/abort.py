@@ -28,7 +28,8 @@ exit status: 0 aborted, 1 failed (not a FUSE mount, not allowed), 2 wrong comman
 
 def main(argv: List[str]) -> int:
     """``fusd abort``: see the module docstring and ``fusd abort --help``."""
-    p = ArgumentParser(prog="fusd abort", description=(__doc__ or "").split("\n\n")[0].replace("``", ""), epilog=EXAMPLES)
+    p = ArgumentParser(prog="fusd abort", description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
+                       epilog=EXAMPLES)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the stuck server's FUSE mount is")
     p.add_argument("--keep", action="store_true", help="abort the connection but do not unmount")
     args = p.parse_args(argv)
