@@ -127,6 +127,7 @@ def _directives(block: Block) -> None:
 
 def run_block(block: Block, workdir: str) -> dict:
     """Run ``block`` in a fresh sandbox (see doc_sandbox.py); the sandbox's report."""
+    assert not os.path.realpath(workdir).startswith("/tmp/"), "the sandbox hides /tmp: use a work directory elsewhere"
     fd, script = tempfile.mkstemp(prefix="block-", suffix=".py" if block.info == "python" else ".sh", dir=workdir)
     with os.fdopen(fd, "w") as f:
         f.write(block.code)
