@@ -125,15 +125,15 @@ def _directives(block: Block) -> None:
             return
 
 
-def run_block(block: Block, workdir: str) -> dict:
-    """Run ``block`` in a fresh sandbox (see doc_sandbox.py); the sandbox's report."""
+def run_block(block: Block, workdir: str, python: str = sys.executable) -> dict:
+    """Run ``block`` in a fresh sandbox (see doc_sandbox.py) with ``python``'s environment; its report."""
     assert not os.path.realpath(workdir).startswith("/tmp/"), "the sandbox hides /tmp: use a work directory elsewhere"
     fd, script = tempfile.mkstemp(prefix="block-", suffix=".py" if block.info == "python" else ".sh", dir=workdir)
     with os.fdopen(fd, "w") as f:
         f.write(block.code)
     result = script + ".json"
     cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--kill-child",
-           sys.executable, SANDBOX, workdir, str(block.timeout), result, block.info, script]
+           python, SANDBOX, workdir, str(block.timeout), result, block.info, script]
     try:
         subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=block.timeout + 60, check=True,
                        capture_output=True)

@@ -40,6 +40,7 @@ PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace")
 #: Modules whose public classes and functions are documented (all of them, not only ``__all__``).
 MODULES = (
     "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl", "fusd_runtime.fusd",
+    "fusd_runtime.mount", "fusd_runtime.checks",
     "fusd_wire.codec", "fusd_wire.constants", "fusd_wire.fastpath", "fusd_wire.errors",
 )
 
