@@ -77,7 +77,7 @@ def load_factory(spec: str) -> Tuple[Callable[..., Any], str]:
         classes = _device_classes(module)
         hint = f"did you mean {near[0]!r}? " if near else ""
         known = f"its devices: {', '.join(c.__name__ for c in classes)}" if classes else "it defines no Device class"
-        raise LoadError(f"{where} has no {attr!r} ({hint}{known})") from None
+        raise LoadError(f"{where} has no {attr} ({hint}{known})") from None
     if not callable(obj):
         raise LoadError(f"{where}:{attr} is a {type(obj).__name__}: name a Device class or a function returning "
                         "a device")

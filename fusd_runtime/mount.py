@@ -134,6 +134,30 @@ def mount_at(path: str, table: Optional[List[MountInfo]] = None) -> Optional[Mou
     return here[-1] if here else None
 
 
+def find(identity: str, table: Optional[List[MountInfo]] = None) -> Optional[MountInfo]:
+    """The mount with this ``MountInfo.identity``, wherever it is now (a parent may have been renamed)."""
+    for m in mountinfo() if table is None else table:
+        if m.identity == identity:
+            return m
+    return None
+
+
+def unmount_if_on_top(identity: str) -> Optional[MountInfo]:
+    """Unmount the mount ``identity`` if nothing is mounted on top of it; the mount on top if one is.
+
+    Wherever the mount is now: a directory above it may have been renamed since.
+    """
+    table = mountinfo()
+    ours = find(identity, table)
+    if ours is None:
+        return None
+    top = mount_at(ours.mountpoint, table)
+    if top is not None and top.identity != identity:
+        return top
+    umount(ours.mountpoint)
+    return None
+
+
 def resolve(path: str) -> str:
     """``path`` made absolute with its directories' symlinks resolved, without stat()ing the last part.
 
@@ -233,7 +257,7 @@ def _watchdog_main(argv: List[str]) -> None:
     import signal
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
-    fd, target, identity = int(argv[0]), argv[1], argv[2]
+    fd, identity = int(argv[0]), argv[2]  # argv[1]: the mountpoint, for people reading ps
     while True:
         try:
             if not os.read(fd, 64):
@@ -242,12 +266,10 @@ def _watchdog_main(argv: List[str]) -> None:
             continue
         except OSError:
             break
-    top = mount_at(target)
-    if top is not None and top.identity == identity:
-        try:
-            umount(target)
-        except OSError:
-            pass
+    try:
+        unmount_if_on_top(identity)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------- Mount
@@ -432,8 +454,7 @@ class Mount:
         """True while our mount exists anywhere in the mount table (on top, covered, or moved)."""
         if self.identity is None:
             return False
-        ours = self.identity.identity
-        return any(m.identity == ours for m in mountinfo())
+        return find(self.identity.identity) is not None
 
     def abort(self) -> None:
         """Abort our FUSE connection (fusectl ``abort``): waiting and later requests fail with ENOTCONN.
@@ -447,20 +468,21 @@ class Mount:
 
     # -- leaving -------------------------------------------------------------------------------
     def unmount(self) -> bool:
-        """Unmount now (lazily, so busy files do not block us) if the mount on top is ours.
+        """Unmount now (lazily, so busy files do not block us) if nothing is mounted on top of ours.
 
-        Returns True if we unmounted it.  A mount of someone else's on top of ours
-        (``overmount``) is never touched: ours stays under it and is logged.
+        Our mount is found by its identity wherever it is now (a directory above it may
+        have been renamed).  Returns True if we unmounted it.  A mount of someone
+        else's on top of ours (``overmount``) is never touched: ours stays under it,
+        and that is logged.
         """
-        if self.identity is None:
+        if self.identity is None or not self.still_mounted():
             return False
-        top = mount_at(self.mountpoint)
-        if top is not None and top.identity == self.identity.identity:
-            return umount(self.mountpoint)
-        if self.still_mounted():
-            log.warning("fusd: not unmounting %s: mount %s of %s is on top of ours (%s); unmount it first, "
-                        "then 'umount %s'", self.mountpoint, top.identity if top else "?",
-                        top.fstype if top else "?", self.identity.identity, self.mountpoint)
+        top = unmount_if_on_top(self.identity.identity)
+        if top is None:
+            return True
+        log.warning("fusd: not unmounting %s: mount %s of %s is on top of ours (%s); unmount it first, "
+                    "then 'umount %s'", top.mountpoint, top.identity, top.fstype, self.identity.identity,
+                    top.mountpoint)
         return False
 
     def close(self) -> None:

@@ -165,7 +165,7 @@ def test_wrong_signature(workdir) -> None:
 
 # ---------------------------------------------------------------------- more usage errors
 @pytest.mark.parametrize("args, fragment", [
-    (["serve", "sensor:Sensr"], "sensor has no 'Sensr' (did you mean 'Sensor'?"),
+    (["serve", "sensor:Sensr"], "sensor has no Sensr (did you mean 'Sensor'?"),
     (["serve", "sensor:Sensor", "--arg", "txt=x"], "cannot call sensor:Sensor with txt='x'"),
     (["serve", "sensor:Sensor", "--arg", "no-equals"], "--arg wants KEY=VALUE"),
     (["serve", "sensor:Sensor", "-o", "allow_othr"], "unknown mount option 'allow_othr' in -o"),

@@ -260,6 +260,20 @@ def test_read_only_mount_refuses_writers(mnt) -> None:
         srv.stop()
 
 
+def test_a_renamed_mountpoint_is_still_unmounted(tmp_path, no_leftover_mounts) -> None:
+    (tmp_path / "a" / "mnt").mkdir(parents=True)
+    srv = _hello_server(str(tmp_path / "a" / "mnt"), b"moved")
+    try:
+        os.rename(tmp_path / "a", tmp_path / "b")  # pytest does this to old tmp directories
+        assert srv.mount.still_mounted() and mount_at(str(tmp_path / "b" / "mnt")) is not None
+    finally:
+        srv.stop()
+    left = mount_at(str(tmp_path / "b" / "mnt")) is not None
+    while mount_at(str(tmp_path / "b" / "mnt")) is not None:
+        umount(str(tmp_path / "b" / "mnt"))
+    assert not left, "the server left its mount behind"
+
+
 def test_unmounted_by_an_operator_still_mounted_says_so(mnt) -> None:
     with Mount(mnt) as m:
         assert m.still_mounted()
