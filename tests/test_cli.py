@@ -132,6 +132,26 @@ def test_not_root_without_fusermount3(nobody_env) -> None:
     one_line(proc, 1, "serve", "fusermount3 not found: install the fuse3 package")
 
 
+@needs_fuse
+def test_background_server_as_an_ordinary_user(nobody_env) -> None:
+    mnt, env = nobody_env
+    device = os.path.join(os.path.dirname(mnt), "sensor.py")
+    with open(device, "w") as f:
+        f.write(SENSOR)
+    os.chmod(device, 0o644)
+    as_nobody = {"user": NOBODY, "group": NOBODY, "env": env, "capture_output": True, "text": True, "timeout": 60}
+    proc = subprocess.run([SYSTEM_PYTHON, "-m", "fusd_runtime", "serve", device, mnt], **as_nobody)
+    pid = int(re.search(r"pid (\d+)\)", proc.stderr).group(1)) if proc.returncode == 0 else None
+    try:
+        assert proc.stderr.strip().endswith(f"; stop: fusermount3 -u {mnt}"), proc.stderr
+        assert subprocess.run(["cat", f"{mnt}/sensor"], **as_nobody).stdout == "21.5 C\n"
+        assert subprocess.run(["fusermount3", "-u", mnt], **as_nobody).returncode == 0
+        assert wait_for(lambda: not _alive(pid)), "the server did not stop when fusermount3 -u unmounted it"
+    finally:
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_unimportable_module(tmp_path) -> None:
     one_line(fusd("serve", "nosuch:Sensor", cwd=tmp_path), 2, "serve", "cannot import 'nosuch'",
              "give its path (fusd serve path/to/nosuch.py:Class)")
