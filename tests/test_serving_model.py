@@ -406,7 +406,8 @@ def test_server_abort_frees_clients_and_stops_the_server(no_leftover_mounts) -> 
             except OSError as e:
                 print(errno.errorcode[e.errno])
         """)
-        blocked = subprocess.Popen([sys.executable, "-c", code, server.path("stuck")], stdout=subprocess.PIPE, text=True)
+        blocked = subprocess.Popen([sys.executable, "-c", code, server.path("stuck")], stdout=subprocess.PIPE,
+                                   text=True)
         assert stuck.inside.wait(20)
         server.abort()  # the operator's way out for clients stuck on a server that stopped answering
         assert blocked.communicate(timeout=20)[0].strip() == "ECONNABORTED"
