@@ -121,6 +121,7 @@ class Session:
         self.deferred: Dict[int, ReplyHandle] = {}
         self.ioctl_encoders: Dict[int, Callable[[Any], Any]] = {}  # unique -> encoder of a deferred declared ioctl
         self.ioctl_tables: Dict[Device, Dict[int, Any]] = {}  # device -> its declared ioctls (looked up once)
+        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY replies sent, every round (observability; tests count rounds)
         self._next_fh = 1
         self.minor = C.FUSE_KERNEL_MINOR_VERSION
         self.init_flags = 0
@@ -319,6 +320,7 @@ class Session:
             self.writev(fd, [_pack_out(32, 0, unique), self._pack_ioctl_out(result, 0, 0, 0)])
             return
         if result.__class__ is IoctlRetry:
+            self.ioctl_retries += 1
             iovs = [self._pack_ioctl_iovec(base, n) for base, n in result.in_iovs + result.out_iovs]
             self.writev(fd, [_pack_out(32 + 16 * len(iovs), 0, unique),
                              self._pack_ioctl_out(0, _IOCTL_RETRY, len(result.in_iovs), len(result.out_iovs)), *iovs])
@@ -611,7 +613,7 @@ class Session:
         if spec is None:
             return ctx.device.ioctl(ctx, cmd, data, out_size)
         value = restricted_decode(spec, data)
-        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value))
+        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value, data))
 
     def finish_declared(self, ctx: Context, spec: Any, value: Any, out_size: int,
                         encode: Callable[[Any], Any]) -> Any:
