@@ -569,11 +569,11 @@ class Codec:
         addresses.  ValueError names the field that does not fit.
         """
         fast = self._fast_encode
-        if fast is not None and addrs is None:
+        if fast is not None and addrs is None and (self.record is None or value.__class__ is self.record):
             try:
                 return fast(value)
-            except (AttributeError, TypeError, struct.error, IndexError, KeyError):
-                pass  # not a record of this schema (a dict, a Container...): the forgiving path says why
+            except (AttributeError, TypeError, struct.error, IndexError, KeyError, ValueError):
+                pass  # something inside is not what the schema says: the forgiving path accepts it or says why
         out: List[Any] = []
         self.node.flatten(value, out, "", addrs, ())
         try:

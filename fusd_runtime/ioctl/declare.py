@@ -206,6 +206,14 @@ class FamilySpec(IoctlSpec):
         self.by_size[size] = spec
         return spec
 
+    def restricted_problem(self) -> Optional[str]:
+        """Why the family cannot work on FUSE (its items hold pointers), or None."""
+        if self.chases:
+            return (f"ioctl family {self.cmd:#x}: its elements have a pointer field; the FUSE transport only copies "
+                    f"_IOC_SIZE(cmd) bytes at the argument address and cannot follow it. Serve this device with "
+                    f"CuseServer (unrestricted ioctls)")
+        return None
+
     def __repr__(self) -> str:
         return f"<FamilySpec {self.cmd:#x} {self.sized!r} {self.handler or 'ioctl'}>"
 
@@ -412,6 +420,8 @@ def restricted_decode(spec: IoctlSpec, data: bytes) -> Any:
     """The decoded argument on the FUSE transport (the kernel copied ``_IOC_SIZE`` bytes in)."""
     codec = spec.codec
     if codec is None:
+        if spec is _INVALID_MEMBER:
+            raise OSError(_errno.EINVAL, "ioctl size is not a whole number of elements")
         return None
     if not spec.reads:
         return codec.zero()

@@ -107,8 +107,10 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
     """
     plan = Plan()
     codec = spec.codec
-    if codec is None:  # a value argument: nothing to copy
-        return plan
+    if codec is None:
+        if not spec.value_arg:  # a Sized family member of a size that is no whole number of items
+            raise OSError(_errno.EINVAL, f"ioctl {spec.cmd:#x}: size is not a whole number of elements")
+        return plan  # a value argument: nothing to copy
     in_iovs: List[Tuple[int, int]] = []
     out_iovs: List[Tuple[int, int]] = []
     outs = plan.outs
