@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from typing import Any, List, Tuple
 
 import construct as cs
 import pytest
@@ -30,13 +29,10 @@ from fusd_runtime.ioctl import (
     OUT,
     Arg,
     Flex,
-    IoctlRetry,
     Pointer,
     check_ioctls,
     ioctl,
     ioctl_table,
-    plan_unrestricted,
-    unrestricted_encoder,
 )
 
 u32, s32, u64 = cs.Int32ul, cs.Int32sl, cs.Int64ul
