@@ -30,7 +30,7 @@ from fusd_wire import FAST, Codec
 from fusd_wire import constants as C
 
 from .device import DEFER, Context, Device, ReplyHandle
-from .ioctl import IoctlRetry, call_declared, ioctl_table, restricted_decode, restricted_encoder
+from .ioctl import IoctlRetry, call_declared, ioctl_table
 
 log = logging.getLogger("fusd")
 
@@ -582,8 +582,12 @@ class Session:
             self.ioctl_tables[device] = declared = ioctl_table(device)
         data = bytes(buf[72:72 + in_size]) if in_size else b""
         try:
-            if declared or flags & _IOCTL_UNRESTRICTED:  # declared arguments, or CUSE's retry protocol
+            if flags & _IOCTL_UNRESTRICTED:  # CUSE's retry protocol
                 result = self.call_ioctl(ctx, flags, cmd, arg, data, out_size)
+            elif declared:  # restricted: a declared argument is decoded, handled and encoded in one call
+                spec = declared.get(cmd)
+                result = device.ioctl(ctx, cmd, data, out_size) if spec is None else \
+                    spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
             else:  # a plain restricted ioctl: straight to the device
                 result = device.ioctl(ctx, cmd, data, out_size)
         except BaseException as exc:
@@ -609,11 +613,14 @@ class Session:
         ioctls); a command the device declared (``ioctl.Arg``) is decoded with its
         schema and the handler's result encoded back.
         """
-        spec = ioctl_table(ctx.device).get(cmd)
+        declared = self.ioctl_tables.get(ctx.device)
+        if declared is None:
+            declared = ioctl_table(ctx.device)
+        spec = declared.get(cmd)
         if spec is None:
             return ctx.device.ioctl(ctx, cmd, data, out_size)
-        value = restricted_decode(spec, data)
-        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value, data))
+        # decode, handler, encode in one precompiled function; a deferred call leaves its encoder here
+        return spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
 
     def finish_declared(self, ctx: Context, spec: Any, value: Any, out_size: int,
                         encode: Callable[[Any], Any]) -> Any:

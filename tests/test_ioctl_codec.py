@@ -12,12 +12,13 @@ and parse the same values.  The records' mapping API and the forgiving encoder
 from __future__ import annotations
 
 import math
+import random
 import struct
 from typing import Any
 
 import construct as cs
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fusd_runtime.ioctl import CStruct, Record, c, compile_schema
@@ -186,3 +187,61 @@ def test_outside_the_compiled_subset_construct_serves() -> None:
     codec = compile_schema(flags)
     assert isinstance(codec, ConstructCodec)
     assert codec.decode(b"\x01\x00\x05").mode == "on" and codec.encode({"mode": "off", "n": 5}) == b"\x00\x00\x05"
+
+
+# ---------------------------------------------------------------------- generated planner == generic walk
+def _planner_case(data: Any) -> Any:
+    from fusd_runtime.ioctl import IN, INOUT, IOWR, OUT, Arg, CStruct, Pointer
+
+    nptr = data.draw(st.integers(1, 3))
+    fields: list = [("len", c.u32), ("flags", c.u32)]
+    for k in range(nptr):
+        direction = data.draw(st.sampled_from([IN, OUT, INOUT, None, "flags"]))
+        if direction == "flags":  # data-dependent: a bit of the flags word per pointer
+            direction = (lambda bit: lambda s: (OUT if s.flags >> bit & 1 else IN) if s.flags >> 4 & 1 == 0
+                         else None)(k)
+        length = data.draw(st.sampled_from(["len", 3, "fn"]))
+        if length == "fn":
+            length = lambda s: s.len // 2  # noqa: E731
+        fields.append((f"p{k}", Pointer(length, direction=direction, optional=data.draw(st.booleans()))))
+    schema = CStruct(*[n / t for n, t in fields], name="case")
+    spec = Arg(schema, data.draw(st.sampled_from([IN, INOUT]))).bind(IOWR("Z", 1, schema.sizeof()))
+    values = {"len": data.draw(st.integers(0, 6)), "flags": data.draw(st.integers(0, 31))}
+    for k in range(nptr):
+        values[f"p{k}"] = data.draw(st.sampled_from([0, 0x1000 + 64 * k]))
+    return spec, schema, values
+
+
+def _outcome(plan: Any) -> Any:
+    if plan.retry is not None:
+        return ("retry", plan.retry.in_iovs, plan.retry.out_iovs)
+    return ("call", norm(plan.value), [(o[0], o[2], o[3], o[4], o[7]) for o in plan.outs])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_generated_planner_makes_the_generic_walks_rounds(data: Any) -> None:
+    """Round by round over the same caller memory, as the kernel loops: the same retries, value and outs."""
+    from fusd_runtime.ioctl import walk
+
+    spec, schema, values = _planner_case(data)
+    generated = walk._generate(spec)
+    mem = bytearray(random.Random(data.draw(st.integers(0, 1 << 32))).randbytes(0x2000))
+    arg = 0x1800
+    mem[arg:arg + schema.sizeof()] = compile_schema(schema).encode(values)
+    in_iovs: list = []
+    out_size = 0
+    for _ in range(4):
+        arg_data = b"".join(bytes(mem[a:a + n]) for a, n in in_iovs)
+        results = []
+        for planner in (generated, lambda a, d, o: walk._walk(spec, a, d, o)):
+            try:
+                results.append(_outcome(planner(arg, arg_data, out_size)))
+            except OSError as exc:
+                results.append(("error", exc.errno))
+        assert results[0] == results[1], (generated.source, results)
+        if results[0][0] != "retry":
+            event(results[0][0])  # "call" or "error": both reached (hypothesis --hypothesis-show-statistics)
+            break
+        in_iovs, out_iovs = results[0][1], results[0][2]
+        out_size = sum(n for _, n in out_iovs)

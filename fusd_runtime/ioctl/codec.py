@@ -430,7 +430,7 @@ class PointerSlot:
     """Where one Pointer sits in a value: the path to the struct holding it and the field name."""
 
     __slots__ = ("holder_path", "name", "decl", "length", "direction", "static_direction", "elem", "path",
-                 "optional", "out_spans", "what")
+                 "optional", "out_spans", "what", "lfield", "lconst", "lfn", "dconst", "dfn")
 
     def __init__(self, holder_path: Tuple[Any, ...], name: str, decl: Pointer, elem: Optional[Codec],
                  what: str) -> None:
@@ -445,6 +445,13 @@ class PointerSlot:
         d = decl.direction
         self.static_direction = not callable(d)
         self.direction: Callable[[Any], Optional[str]] = d if callable(d) else _constant(d)
+        # the same, unwrapped for the planner's inner loop: a field name, a constant, or a function
+        ln = decl.length
+        self.lfield: Optional[str] = ln if isinstance(ln, str) else None
+        self.lconst: int = ln if isinstance(ln, int) else 0
+        self.lfn: Optional[Callable[[Any], int]] = ln if callable(ln) else None  # type: ignore[assignment]
+        self.dconst: Optional[str] = None if callable(d) else d  # type: ignore[assignment]
+        self.dfn: Optional[Callable[[Any], Optional[str]]] = d if callable(d) else None
         self.out_spans: Optional[List[Tuple[int, int]]] = None
         if decl.out_fields is not None:
             assert elem is not None
@@ -547,18 +554,38 @@ class Codec:
         env.ns["_pack"] = self.struct.pack
         env.ns["_len"] = _len
         node = self.node
+        flat = isinstance(node, StructNode) and not node.flex and \
+            all(isinstance(n, (Scalar, BytesNode, Pad)) for _, n in node.fields)
+        if flat:  # one value per field: the record is the unpacked tuple, spread
+            self.src_decode = f"{env.add(node.record, 'R')}(*_unpack(DATA, 0))"
+        else:
+            self.src_decode = f"(lambda t: {node.expr('t', 0, env)})(_unpack(DATA, 0))"
         src = [f"def decode(buf, off=0):\n    t = _unpack(buf, off)\n    return {node.expr('t', 0, env)}\n"]
-        fast_encode = False
+        self.src_pack: Optional[str] = None
         try:
             items = node.flat("v", env, "")
             src.append(f"def encode(v):\n    return _pack({', '.join(items)})\n")
-            fast_encode = True
+            self.src_pack = f"_pack({', '.join(node.flat('VALUE', env, ''))})"
         except NotCompilable:
             pass
+        zeros = bytes(self.size)
+        if isinstance(node, StructNode) and all(isinstance(n, (Scalar, BytesNode, StringNode, Pad))
+                                                for _, n in node.fields) and not node.flex:
+            # immutable fields only: a zero record is the class called with constants
+            consts = [repr(n.zero()) for f, n in node.fields if f is not None]
+            self.src_zero = f"{env.add(node.record, 'R')}({', '.join(consts)})"
+        else:
+            env.ns["_zeros"] = zeros
+            self.src_zero = "decode(_zeros)"
+        src.append(f"def fresh_zero():\n    return {self.src_zero}\n")
         ns = env.ns
         exec("".join(src), ns)  # noqa: S102 - generated from the validated schema
+        #: the generated code's names, for callers that inline ``src_decode``/``src_zero``/``src_pack``
+        self.ns = ns
+        #: a new all-zero value (what an OUT argument starts as), generated like ``decode``
+        self.fresh_zero: Callable[[], Any] = ns["fresh_zero"]
         self.decode: Callable[..., Any] = ns["decode"]
-        self._fast_encode: Optional[Callable[[Any], bytes]] = ns.get("encode") if fast_encode else None
+        self._fast_encode: Optional[Callable[[Any], bytes]] = ns.get("encode") if self.src_pack else None
         self.record_class = self.record
 
     def encode(self, value: Any, addrs: Optional[Dict[Tuple[Any, ...], int]] = None) -> bytes:
@@ -583,7 +610,7 @@ class Codec:
 
     def zero(self) -> Any:
         """A value with every field zero (what an OUT argument starts as)."""
-        return self.node.zero()
+        return self.fresh_zero()
 
     def field_span(self, name: str, what: str) -> Tuple[int, int]:
         """``(offset, size)`` of top-level field ``name``; ValueError if there is none."""

@@ -91,10 +91,11 @@ class IoctlSpec:
     """
 
     __slots__ = ("cmd", "arg", "codec", "layout", "direction", "handler", "reads", "writes", "out_spans",
-                 "out_end", "chases", "value_arg")
+                 "out_end", "chases", "value_arg", "call_restricted", "planner")
 
     def __init__(self, cmd: int, arg: Arg, codec: Any, handler: Optional[str]) -> None:
         self.cmd, self.arg, self.codec, self.handler = cmd, arg, codec, handler
+        self.planner: Any = None  # the CUSE round planner, generated on first use (walk.py)
         self.layout = codec  # the name v1 used
         self.value_arg = codec is None
         self.chases = codec is not None and (bool(codec.slots) or codec.flex is not None)
@@ -105,6 +106,7 @@ class IoctlSpec:
         if codec is None:
             self.direction = IN
             self.reads = self.writes = False
+            self.call_restricted = _restricted_caller(self)
             return
         if direction is None:
             d = ioc_dir(cmd)
@@ -133,6 +135,7 @@ class IoctlSpec:
                     spans.append(codec.field_span(f, f"ioctl {cmd:#x}"))
             self.out_spans = merge_spans([s for s in spans if s[1] >= 0]) + [s for s in spans if s[1] < 0]
             self.out_end = max(o + n for o, n in spans if n >= 0) if any(n >= 0 for _, n in spans) else 0
+        self.call_restricted: Callable[[Any, bytes, int, Dict[int, Any]], Any] = _restricted_caller(self)
 
     @property
     def refuses_compat(self) -> bool:
@@ -175,7 +178,7 @@ class FamilySpec(IoctlSpec):
 
     def __init__(self, cmd: int, arg: Arg, handler: Optional[str]) -> None:
         self.cmd, self.arg, self.handler = cmd & ~IOC_SIZEMASK & 0xFFFFFFFF, arg, handler
-        self.codec = self.layout = None
+        self.codec = self.layout = self.planner = None
         self.sized: Sized = arg.schema  # type: ignore[assignment]
         self.by_size: Dict[int, Optional[IoctlSpec]] = {}
         item = self.sized.item
@@ -188,6 +191,7 @@ class FamilySpec(IoctlSpec):
             raise ValueError(f"ioctl family {cmd:#x} encodes no direction: declare direction=IN, OUT or INOUT")
         if arg.out_fields is not None:
             raise ValueError("a Sized argument has no fields to select with out_fields")
+        self.call_restricted = _INVALID_MEMBER.call_restricted  # tables hand out members, never the family
 
     def for_cmd(self, cmd: int) -> Optional[IoctlSpec]:
         """The spec of the family member ``cmd``; None when its size is no whole number of items."""
@@ -219,7 +223,11 @@ class FamilySpec(IoctlSpec):
 
 
 class IoctlTable(dict):  # type: ignore[type-arg]
-    """``{cmd: IoctlSpec}`` of one device; ``get`` also finds members of Sized families."""
+    """``{cmd: IoctlSpec}`` of one device: a plain dict (``get`` and truth stay C code on the hot path).
+
+    ``families`` holds its Sized declarations; a device that has any gets a
+    :class:`FamilyTable`, whose ``get`` also finds their members.
+    """
 
     __slots__ = ("families",)
 
@@ -227,20 +235,24 @@ class IoctlTable(dict):  # type: ignore[type-arg]
         super().__init__(items)
         self.families: Dict[int, FamilySpec] = families or {}
 
+
+class FamilyTable(IoctlTable):
+    """An :class:`IoctlTable` with Sized families: ``get(SPI_IOC_MESSAGE(3))`` finds the family's member."""
+
+    __slots__ = ()
+
     def get(self, cmd: int, default: Any = None) -> Any:  # type: ignore[override]
         spec = dict.get(self, cmd)
-        if spec is not None or not self.families:
-            return spec if spec is not None else default
+        if spec is not None:
+            return spec
         family = self.families.get(cmd & ~IOC_SIZEMASK & 0xFFFFFFFF)
         if family is None:
             return default
         member = family.for_cmd(cmd)
-        if member is None:
-            return _INVALID_MEMBER
-        return member
+        return _INVALID_MEMBER if member is None else member
 
     def __bool__(self) -> bool:
-        return dict.__len__(self) > 0 or bool(self.families)
+        return True
 
 
 class _InvalidMember(IoctlSpec):
@@ -250,8 +262,13 @@ class _InvalidMember(IoctlSpec):
 
     def __init__(self) -> None:
         self.cmd, self.arg, self.codec, self.layout, self.handler = 0, None, None, None, None  # type: ignore
+        self.planner = None
         self.direction, self.reads, self.writes, self.out_spans, self.out_end = IN, False, False, None, 0
         self.chases = self.value_arg = False
+
+        def invalid(ctx: Any, data: bytes, out_size: int, pending: Dict[int, Any]) -> Any:
+            raise OSError(_errno.EINVAL, "ioctl size is not a whole number of elements")
+        self.call_restricted = invalid
 
 
 _INVALID_MEMBER = _InvalidMember()
@@ -367,7 +384,7 @@ def ioctl_table(device: Any) -> IoctlTable:
     own = device.__dict__.get("ioctls") if hasattr(device, "__dict__") else None
     for cmd, arg in (own or {}).items():
         _add(specs, families, int(cmd), _mapping_spec(int(cmd), arg))
-    table = IoctlTable(specs, families)
+    table = (FamilyTable if families else IoctlTable)(specs, families)
     try:
         device.__dict__[_TABLE_ATTR] = table
     except (AttributeError, TypeError):
@@ -416,6 +433,73 @@ def split_result(result: Any, value: Any) -> Tuple[int, Any]:
     return int(res), val
 
 
+def _restricted_caller(spec: IoctlSpec) -> Callable[[Any, bytes, int, Dict[int, Any]], Any]:
+    """``call(ctx, data, out_size, pending)``: decode, run the handler, encode — one function per spec (FUSE).
+
+    The common case (a struct filled in place, nothing but the value to copy
+    out) packs the record straight back and returns bytes, which the session
+    replies with on its fast path.  A deferred call leaves its encoder in
+    ``pending[ctx.unique]`` for the answer.
+    """
+    from ..device import DEFER, ReplyHandle  # the device API; it imports nothing of ioctl
+
+    codec, name, cmd = spec.codec, spec.handler, spec.cmd
+    if codec is None:
+        def call_value(ctx: Any, data: bytes, out_size: int, pending: Dict[int, Any]) -> Any:
+            result = call_declared(spec, ctx, None, out_size)
+            encode = restricted_encoder(spec, None, data)
+            if result is DEFER or result.__class__ is ReplyHandle:
+                pending[ctx.unique] = encode
+                return result
+            return encode(result)
+        return call_value
+    if not codec.compiled:
+        return _generic_restricted_caller(spec, DEFER, ReplyHandle)
+    # Generated per spec, like the codec: no call per step, the record packed straight back.
+    ns = dict(codec.ns)
+    ns.update(_spec=spec, _encoder=restricted_encoder, _DEFER=DEFER, _ReplyHandle=ReplyHandle, _OSError=OSError,
+              _EINVAL=_errno.EINVAL)
+    if spec.reads:
+        get_value = (f"    if len(data) < {codec.size}:\n"
+                     f"        raise _OSError(_EINVAL, 'ioctl {cmd:#x}: ' + str(len(data)) + "
+                     f"' bytes copied in, schema needs {codec.size}')\n"
+                     f"    value = {codec.src_decode.replace('DATA', 'data')}\n")
+    else:
+        get_value = f"    value = {codec.src_zero}\n"
+    handler = f"ctx.device.{name}(ctx, value)" if name is not None and name.isidentifier() else \
+        f"getattr(ctx.device, {name!r})(ctx, value)" if name is not None else \
+        f"ctx.device.ioctl(ctx, {cmd}, value, out_size)"
+    fast = ""
+    if spec.writes and spec.out_spans is None and codec.src_pack is not None:
+        fast = ("    if result is None or result is value:\n"
+                "        try:\n"
+                f"            return {codec.src_pack.replace('VALUE', 'value')}\n"
+                "        except Exception:\n"
+                "            pass\n")
+    src = ("def call(ctx, data, out_size, pending):\n" + get_value +
+           f"    result = {handler}\n" + fast +
+           "    encode = _encoder(_spec, value, data)\n"
+           "    if result is _DEFER or result.__class__ is _ReplyHandle:\n"
+           "        pending[ctx.unique] = encode\n"
+           "        return result\n"
+           "    return encode(result)\n")
+    exec(src, ns)  # noqa: S102 - generated from the validated declaration
+    return ns["call"]  # type: ignore[no-any-return]
+
+
+def _generic_restricted_caller(spec: IoctlSpec, DEFER: Any, ReplyHandle: Any) -> Any:
+    """The same as the generated caller, for schemas construct serves (no generated code)."""
+    def call(ctx: Any, data: bytes, out_size: int, pending: Dict[int, Any]) -> Any:
+        value = restricted_decode(spec, data)
+        result = call_declared(spec, ctx, value, out_size)
+        encode = restricted_encoder(spec, value, data)
+        if result is DEFER or result.__class__ is ReplyHandle:
+            pending[ctx.unique] = encode
+            return result
+        return encode(result)
+    return call
+
+
 def restricted_decode(spec: IoctlSpec, data: bytes) -> Any:
     """The decoded argument on the FUSE transport (the kernel copied ``_IOC_SIZE`` bytes in)."""
     codec = spec.codec
@@ -453,9 +537,9 @@ def restricted_encoder(spec: IoctlSpec, value: Any, data: bytes = b"") -> Callab
             for off, n in spans:
                 base[off:off + n] = raw[off:off + n]
             raw = bytes(base)
-        return res, raw
+        return raw if res == 0 else (res, raw)  # bytes alone take the session's fast reply path
     return encode_result
 
 
-__all__ = ["Arg", "IoctlSpec", "FamilySpec", "IoctlTable", "ioctl", "ioctl_table", "check_ioctls", "call_declared",
-           "split_result", "restricted_decode", "restricted_encoder", "Codec", "ConstructCodec"]
+__all__ = ["Arg", "IoctlSpec", "FamilySpec", "IoctlTable", "FamilyTable", "ioctl", "ioctl_table", "check_ioctls",
+           "call_declared", "split_result", "restricted_decode", "restricted_encoder", "Codec", "ConstructCodec"]

@@ -23,25 +23,20 @@ it, so they may depend on its other fields, element by element.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .codec import Record
 from .declare import IoctlSpec, split_result
-from .retry import IoctlRetry
+from .retry import MAX_BYTES, MAX_IOV, IoctlRetry
 from .schema import IN, INOUT, OUT
 
 _TOP, _BYTES, _ARRAY = 0, 1, 2
 
 
-class _Out:
-    """One region the result is copied to, in the order of the out ranges."""
-
-    __slots__ = ("kind", "holder", "name", "path", "length", "codec", "spans", "data", "count")
-
-    def __init__(self, kind: int, holder: Any, name: Optional[str], path: Tuple[Any, ...], length: int, codec: Any,
-                 spans: Any, data: Any, count: int) -> None:
-        self.kind, self.holder, self.name, self.path, self.length = kind, holder, name, path, length
-        self.codec, self.spans, self.data, self.count = codec, spans, data, count
+#: Where a result goes: one tuple per region copied out, in the order of the out ranges (tuples: the
+#: planner makes one per OUT region every round, and an object costs five times as much).
+#: (kind, holder, field name, path from the argument, length, codec, out spans, bytes copied in, count)
+_Out = Tuple[int, Any, Optional[str], Tuple[Any, ...], int, Any, Any, Any, int]
 
 
 class Plan:
@@ -76,26 +71,45 @@ def _children(root: Any, base: Tuple[Any, ...], slots: Any, queue: List[Any]) ->
     for s in slots:
         hp = s.holder_path
         h = root if not hp else _get(root, hp)
-        addr = getattr(h, s.name)
-        d = s.direction(h)
+        name = s.name
+        addr = getattr(h, name)
+        dfn = s.dfn
+        if dfn is None:
+            d = s.dconst
+        else:
+            d = dfn(h)
+            if d != IN and d != OUT and d != INOUT and d is not None:
+                raise ValueError(f"{s.what}: the direction function returned {d!r} (IN, OUT, INOUT or None)")
         if d is None:
-            setattr(h, s.name, None)
+            setattr(h, name, None)
             continue
-        if d != IN and d != OUT and d != INOUT:
-            raise ValueError(f"{s.what}: the direction function returned {d!r} (IN, OUT, INOUT or None)")
-        n = s.length(h)
+        lf = s.lfield
+        n = getattr(h, lf) if lf is not None else (s.lconst if s.lfn is None else int(s.lfn(h)))
         if n <= 0:
             if n < 0:
                 raise OSError(_errno.EINVAL, f"{s.what}: negative length {n}")
-            setattr(h, s.name, (b"" if d == IN else bytearray()) if s.elem is None else [])
+            setattr(h, name, (b"" if d == IN else bytearray()) if s.elem is None else [])
             continue
         if not addr:
             if s.optional:
-                setattr(h, s.name, None)
+                setattr(h, name, None)
                 continue
             raise OSError(_errno.EFAULT, f"{s.what}: NULL pointer with length {n}")
         elem = s.elem
-        queue.append((h, s, addr, n, n if elem is None else n * elem.size, d, base + s.path))
+        queue.append((h, s, addr, n, n if elem is None else n * elem.size, d, base + s.path if base else s.path))
+
+
+_new_retry = object.__new__
+
+
+def _retry(in_iovs: List[Tuple[int, int]], out_iovs: List[Tuple[int, int]], in_total: int,
+           out_total: int) -> IoctlRetry:
+    """An IoctlRetry, the kernel's limits checked from totals the planner kept (ENOMEM beyond them)."""
+    if len(in_iovs) + len(out_iovs) > MAX_IOV or in_total > MAX_BYTES or out_total > MAX_BYTES:
+        return IoctlRetry(in_iovs, out_iovs)  # raises OSError(ENOMEM) saying which limit
+    r = _new_retry(IoctlRetry)
+    r.in_iovs, r.out_iovs = in_iovs, out_iovs
+    return r  # type: ignore[no-any-return]
 
 
 def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> Plan:
@@ -105,6 +119,14 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
     ``optional``, EINVAL for a negative length, ENOMEM for more than the kernel
     copies in one ioctl (see ``retry.py``).
     """
+    planner = spec.planner
+    if planner is None:
+        planner = _planner(spec)
+    return planner(arg, data, out_size)  # type: ignore[no-any-return]
+
+
+def _walk(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> Plan:
+    """The generic planner: a breadth-first walk over every region the schema reaches."""
     plan = Plan()
     codec = spec.codec
     if codec is None:
@@ -117,7 +139,7 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
     ndata = len(data)
     complete = True
     size = length = codec.size
-    off = 0
+    off = in_total = 0
     count = 0
     flex = codec.flex
     value: Any = None
@@ -141,6 +163,7 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
         else:
             complete = False
         in_iovs.append((arg, length))
+        in_total = length
     else:
         value = codec.zero()
     out_total = 0
@@ -155,7 +178,7 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
                     o, n = size, length - size
                 out_iovs.append((arg + o, n))
                 out_total += n
-        outs.append(_Out(_TOP, None, None, (), length, codec, spans, data[:length] if spec.reads else b"", count))
+        outs.append((_TOP, None, None, (), length, codec, spans, data[:length] if spec.reads else b"", count))
     if value is not None and codec.slots:
         queue: List[Any] = []
         _children(value, (), codec.slots, queue)
@@ -184,6 +207,7 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
                     complete = False
                     val = None
                 in_iovs.append((addr, nbytes))
+                in_total += nbytes
             else:
                 val = bytearray(nbytes) if elem is None else [elem.zero() for _ in range(n)]
             setattr(holder, slot.name, val)
@@ -203,14 +227,148 @@ def plan_unrestricted(spec: IoctlSpec, arg: int, data: bytes, out_size: int) -> 
                             else:
                                 out_iovs.append((a, m))
                             out_total += m
-                outs.append(_Out(_BYTES if elem is None else _ARRAY, holder, slot.name, path, nbytes, elem, spans,
-                                 rdata, n))
+                outs.append((_BYTES if elem is None else _ARRAY, holder, slot.name, path, nbytes, elem, spans, rdata,
+                             n))
     if not complete or off != ndata or out_total != out_size:
-        plan.retry = IoctlRetry(in_iovs, out_iovs)
+        plan.retry = _retry(in_iovs, out_iovs, in_total, out_total)
         plan.outs = []
         return plan
     plan.value = value
     return plan
+
+
+# ---------------------------------------------------------------------- generated planners
+def _planner(spec: IoctlSpec) -> Callable[[int, bytes, int], Plan]:
+    """The planner for ``spec``: generated straight-line code for the common shape, else the generic walk.
+
+    The common shape is a struct whose pointers (its own fields) address byte
+    buffers: ``spi_ioc_transfer``-like, ``sg_io_hdr``.  The generated code makes
+    the same rounds as :func:`_walk` (``tests/test_ioctl_codec.py`` checks that
+    on random arguments), without a queue, a call per pointer, or any branch a
+    constant direction decides.
+    """
+    planner = spec.planner
+    if planner is not None:
+        return planner  # type: ignore[no-any-return]
+    codec = spec.codec
+    simple = (codec is not None and codec.compiled and codec.record is not None and codec.flex is None
+              and spec.reads and codec.slots and all(not s.holder_path and s.elem is None for s in codec.slots))
+    planner = _generate(spec) if simple else (lambda arg, data, out_size: _walk(spec, arg, data, out_size))
+    spec.planner = planner
+    return planner
+
+
+def _generate(spec: IoctlSpec) -> Callable[[int, bytes, int], Plan]:
+    codec = spec.codec
+    size = codec.size
+    ns: Dict[str, Any] = dict(codec.ns)
+    ns.update(_Plan=Plan, _retry=_retry, _OSError=OSError, _EINVAL=_errno.EINVAL, _EFAULT=_errno.EFAULT,
+              _ValueError=ValueError, _BYTES=_BYTES, _TOP=_TOP, _codec=codec, _IN=IN, _OUT=OUT, _INOUT=INOUT)
+    top_out: List[str] = []
+    top_total = 0
+    if spec.writes:
+        spans = spec.out_spans if spec.out_spans is not None else [(0, size)]
+        top_out = [f"(arg + {o}, {n})" for o, n in spans]
+        top_total = sum(n for _, n in spans)
+    ns["_spans"] = spec.out_spans
+    L = ["def plan(arg, data, out_size):",
+         "    p = _Plan()",
+         "    n = len(data)",
+         f"    if n < {size}:",
+         f"        p.retry = _retry([(arg, {size})], [{', '.join(top_out)}], {size}, {top_total})",
+         "        return p",
+         f"    v = {codec.src_decode.replace('DATA', 'data')}",
+         f"    in_iovs = [(arg, {size})]",
+         f"    in_total = {size}",
+         f"    out_iovs = [{', '.join(top_out)}]",
+         f"    out_total = {top_total}",
+         f"    outs = [(_TOP, None, None, (), {size}, _codec, _spans, data[:{size}], 0)]" if spec.writes
+         else "    outs = []",
+         f"    off = {size}",
+         "    complete = True"]
+    for k, s in enumerate(codec.slots):
+        f = s.name
+        ns[f"_s{k}"] = s
+        ind = "    "
+        L.append(f"    a = v.{f}")
+        if s.dfn is not None:
+            ns[f"_d{k}"] = s.dfn
+            L += [f"    d = _d{k}(v)",
+                  "    if d != _IN and d != _OUT and d != _INOUT and d is not None:",
+                  f"        raise _ValueError({s.what!r} + ': the direction function returned ' + repr(d))",
+                  "    if d is None:",
+                  f"        v.{f} = None",
+                  "    else:"]
+            ind = "        "
+            dirs = (IN, OUT, INOUT)
+        elif s.dconst is None:
+            L.append(f"    v.{f} = None")
+            continue
+        else:
+            L.append(f"    d = {s.dconst!r}")
+            dirs = (s.dconst,)
+        if s.lfield is not None:
+            L.append(f"{ind}m = v.{s.lfield}")
+        elif s.lfn is not None:
+            ns[f"_l{k}"] = s.lfn
+            L.append(f"{ind}m = int(_l{k}(v))")
+        else:
+            L.append(f"{ind}m = {s.lconst}")
+        empty = "b'' if d == _IN else bytearray()" if len(dirs) > 1 else ("b''" if dirs[0] == IN else "bytearray()")
+        null = f"{ind}    v.{f} = None" if s.optional else \
+            f"{ind}    raise _OSError(_EFAULT, {s.what!r} + ': NULL pointer with length ' + str(m))"
+        L += [f"{ind}if m <= 0:",
+              f"{ind}    if m < 0:",
+              f"{ind}        raise _OSError(_EINVAL, {s.what!r} + ': negative length ' + str(m))",
+              f"{ind}    v.{f} = {empty}",
+              f"{ind}elif not a:", null,
+              f"{ind}else:"]
+        i2 = ind + "    "
+        body: List[str] = [f"{i2}rd = None"]
+        reads = [x for x in dirs if x != OUT]
+        if reads:
+            cond = f"{i2}if d != _OUT:" if len(dirs) > 1 else None
+            i3 = i2 + "    " if cond else i2
+            val = "data[off:e] if d == _IN else bytearray(data[off:e])" if len(reads) > 1 or len(dirs) > 1 else \
+                ("data[off:e]" if reads[0] == IN else "bytearray(data[off:e])")
+            blk = [f"{i3}if complete and n - off >= m:",
+                   f"{i3}    e = off + m",
+                   f"{i3}    val = {val}"]
+            if INOUT in reads:
+                blk.append(f"{i3}    if d == _INOUT:" if len(dirs) > 1 else f"{i3}    if True:")
+                blk.append(f"{i3}        rd = data[off:e]")
+            blk += [f"{i3}    off = e",
+                    f"{i3}else:",
+                    f"{i3}    complete = False",
+                    f"{i3}    val = None",
+                    f"{i3}in_iovs.append((a, m))",
+                    f"{i3}in_total += m"]
+            if cond:
+                body += [cond] + blk + [f"{i2}else:", f"{i2}    val = bytearray(m)"]
+            else:
+                body += blk
+        else:
+            body.append(f"{i2}val = bytearray(m)")
+        body.append(f"{i2}v.{f} = val")
+        writes = [x for x in dirs if x != IN]
+        if writes:
+            cond = f"{i2}if d != _IN:" if len(dirs) > 1 else None
+            i3 = i2 + "    " if cond else i2
+            blk = [f"{i3}out_iovs.append((a, m))",
+                   f"{i3}out_total += m",
+                   f"{i3}outs.append((_BYTES, v, {f!r}, ({f!r},), m, None, None, rd, m))"]
+            body += ([cond] if cond else []) + blk
+        L += body
+    L += ["    if not complete or off != n or out_total != out_size:",
+          "        p.retry = _retry(in_iovs, out_iovs, in_total, out_total)",
+          "        return p",
+          "    p.value = v",
+          "    p.outs = outs",
+          "    return p"]
+    exec("\n".join(L) + "\n", ns)  # noqa: S102 - generated from the validated declaration
+    fn = ns["plan"]
+    fn.source = "\n".join(L)  # type: ignore[attr-defined]  # for debugging and the tests
+    return fn  # type: ignore[no-any-return]
 
 
 def _addresses(codec: Any, raw: Any, offset: int = 0) -> Any:
@@ -222,35 +380,35 @@ def _addresses(codec: Any, raw: Any, offset: int = 0) -> Any:
 
 
 def _encode_region(o: _Out, v: Any) -> bytes:
+    kind, _, _, path, _, codec, _, data, _ = o
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v)
-    codec = o.codec
-    if o.kind == _BYTES:
+    if kind == _BYTES:
         if v is None:
             return b""
-        raise ValueError(f"field {'.'.join(map(str, o.path))}: expected bytes, got {type(v).__name__}")
-    if o.kind == _TOP:
+        raise ValueError(f"field {'.'.join(map(str, path))}: expected bytes, got {type(v).__name__}")
+    if kind == _TOP:
         flex = codec.flex
-        raw = codec.encode(v, _addresses(codec, o.data))
+        raw = codec.encode(v, _addresses(codec, data))
         if flex is not None:
             fname, _, item = flex
             items = _get(v, (fname,)) if v is not None else None
             raw += b"".join(item.encode(e) for e in (items or ()))
-        return raw
+        return raw  # type: ignore[no-any-return]
     if v is None:
         v = []
     esz = codec.size
-    return b"".join(codec.encode(e, _addresses(codec, o.data, k * esz)) for k, e in enumerate(v))
+    return b"".join(codec.encode(e, _addresses(codec, data, k * esz)) for k, e in enumerate(v))
 
 
 def _select(o: _Out, raw: bytes) -> bytes:
     """Only the out fields' bytes (``out_fields``), in range order."""
-    spans = o.spans
-    if o.kind == _TOP:
-        size = o.codec.size
-        return b"".join(raw[size:o.length] if n < 0 else raw[off:off + n] for off, n in spans)
-    esz = o.codec.size
-    return b"".join(raw[k * esz + off:k * esz + off + n] for k in range(o.count) for off, n in spans)
+    kind, _, _, _, length, codec, spans, _, count = o
+    if kind == _TOP:
+        size = codec.size
+        return b"".join(raw[size:length] if n < 0 else raw[off:off + n] for off, n in spans)
+    esz = codec.size
+    return b"".join(raw[k * esz + off:k * esz + off + n] for k in range(count) for off, n in spans)
 
 
 def unrestricted_encoder(plan: Plan) -> Callable[[Any], Any]:
@@ -269,22 +427,24 @@ def unrestricted_encoder(plan: Plan) -> Callable[[Any], Any]:
         chunks: List[bytes] = []
         last = len(outs) - 1
         for i, o in enumerate(outs):
-            if o.kind == _TOP:
+            kind, holder, name, path, length, _, spans, data, _ = o
+            if kind == _TOP:
                 v = val
             elif same:
-                v = getattr(o.holder, o.name)  # type: ignore[arg-type]
+                v = getattr(holder, name)  # type: ignore[arg-type]
             else:
-                v = _get(val, o.path)
-            raw = _encode_region(o, v)
-            if len(raw) > o.length:
-                where = "the argument" if not o.path else "field " + ".".join(map(str, o.path))
-                raise ValueError(f"ioctl result for {where} is {len(raw)} bytes; the caller's memory holds {o.length}")
-            if o.spans is not None:
-                raw = _select(o, raw.ljust(o.length, b"\0"))
-            elif len(raw) < o.length and i != last:
+                v = _get(val, path)
+            cls = v.__class__
+            raw = v if cls is bytes else bytes(v) if cls is bytearray else _encode_region(o, v)
+            n = len(raw)
+            if n > length:
+                where = "the argument" if not path else "field " + ".".join(map(str, path))
+                raise ValueError(f"ioctl result for {where} is {n} bytes; the caller's memory holds {length}")
+            if spans is not None:
+                raw = _select(o, raw.ljust(length, b"\0"))
+            elif n < length and i != last:
                 # later ranges follow in the same copy: keep what the caller had (INOUT) or zeros
-                d = o.data
-                raw += d[len(raw):o.length] if d is not None and len(d) == o.length else bytes(o.length - len(raw))
+                raw += data[n:length] if data is not None and len(data) == length else bytes(length - n)
             chunks.append(raw)
         return res, b"".join(chunks) if len(chunks) > 1 else chunks[0]
     return encode
