@@ -556,7 +556,7 @@ class Codec:
         node = self.node
         flat = isinstance(node, StructNode) and not node.flex and \
             all(isinstance(n, (Scalar, BytesNode, Pad)) for _, n in node.fields)
-        if flat:  # one value per field: the record is the unpacked tuple, spread
+        if flat and isinstance(node, StructNode):  # one value per field: the record is the unpacked tuple, spread
             self.src_decode = f"{env.add(node.record, 'R')}(*_unpack(DATA, 0))"
         else:
             self.src_decode = f"(lambda t: {node.expr('t', 0, env)})(_unpack(DATA, 0))"

@@ -95,6 +95,8 @@ class IoctlSpec:
 
     def __init__(self, cmd: int, arg: Arg, codec: Any, handler: Optional[str]) -> None:
         self.cmd, self.arg, self.codec, self.handler = cmd, arg, codec, handler
+        #: decode, call the handler, encode: ``call(ctx, data, out_size, pending)`` (FUSE; generated)
+        self.call_restricted: Callable[[Any, bytes, int, Dict[int, Any]], Any]
         self.planner: Any = None  # the CUSE round planner, generated on first use (walk.py)
         self.layout = codec  # the name v1 used
         self.value_arg = codec is None
@@ -135,7 +137,7 @@ class IoctlSpec:
                     spans.append(codec.field_span(f, f"ioctl {cmd:#x}"))
             self.out_spans = merge_spans([s for s in spans if s[1] >= 0]) + [s for s in spans if s[1] < 0]
             self.out_end = max(o + n for o, n in spans if n >= 0) if any(n >= 0 for _, n in spans) else 0
-        self.call_restricted: Callable[[Any, bytes, int, Dict[int, Any]], Any] = _restricted_caller(self)
+        self.call_restricted = _restricted_caller(self)
 
     @property
     def refuses_compat(self) -> bool:

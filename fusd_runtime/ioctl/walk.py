@@ -300,7 +300,7 @@ def _generate(spec: IoctlSpec) -> Callable[[int, bytes, int], Plan]:
                   f"        v.{f} = None",
                   "    else:"]
             ind = "        "
-            dirs = (IN, OUT, INOUT)
+            dirs: Tuple[Any, ...] = (IN, OUT, INOUT)
         elif s.dconst is None:
             L.append(f"    v.{f} = None")
             continue
