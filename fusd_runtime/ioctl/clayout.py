@@ -61,6 +61,9 @@ def _info(sub: cs.Construct, what: str) -> Tuple[int, int, int, int, bool]:
     while isinstance(sub, cs.Renamed):
         sub = sub.subcon
     if isinstance(sub, Pointer):
+        if sub.c_type is not None:
+            size, align, size32, align32, _ = _info(sub.c_type, what)
+            return size, align, size32, align32, True
         return 8, 8, 4, 4, True
     if isinstance(sub, CType):
         fmt, align32 = sub.ilp32

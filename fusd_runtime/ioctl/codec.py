@@ -54,6 +54,7 @@ class Record:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __getitem__(self, key: str) -> Any:
+        """``rec["field"]``: the field's value; KeyError for a name that is no field."""
         if key in self._fieldset:
             return getattr(self, key)
         raise KeyError(key)
@@ -67,9 +68,11 @@ class Record:
         return key in self._fieldset
 
     def __iter__(self) -> Any:
+        """The field names, in order (``dict(rec)``, ``list(rec)``)."""
         return iter(self._fields)
 
     def __len__(self) -> int:
+        """How many fields."""
         return len(self._fields)
 
     def keys(self) -> Tuple[str, ...]:
@@ -170,7 +173,7 @@ def _str_encode(value: Any, n: int, encoding: str, where: str) -> bytes:
     return raw
 
 
-class Node:
+class _Node:
     """One compiled field type: its struct format and the code that builds / flattens its values."""
 
     fmt = ""
@@ -186,6 +189,7 @@ class Node:
         raise NotImplementedError
 
     def zero(self) -> Any:
+        """A new all-zero value of this type."""
         raise NotImplementedError
 
     def flatten(self, value: Any, out: List[Any], where: str, addrs: Optional[Dict[Any, int]], path: Tuple) -> None:
@@ -193,7 +197,7 @@ class Node:
         raise NotImplementedError
 
 
-class Scalar(Node):
+class _Scalar(_Node):
     def __init__(self, fmt: str, size: int) -> None:
         self.fmt, self.size, self.nvals = fmt, size, 1
         self.kind = float if fmt in "efd" else bool if fmt == "?" else int
@@ -215,7 +219,7 @@ class Scalar(Node):
         out.append(value)
 
 
-class PointerNode(Scalar):
+class _PointerNode(_Scalar):
     def __init__(self, decl: Pointer) -> None:
         super().__init__("Q", 8)
         self.decl = decl
@@ -232,7 +236,7 @@ class PointerNode(Scalar):
             out.append(0)
 
 
-class BytesNode(Node):
+class _BytesNode(_Node):
     def __init__(self, n: int) -> None:
         self.fmt, self.size, self.nvals, self.n = f"{n}s", n, 1, n
 
@@ -249,7 +253,7 @@ class BytesNode(Node):
         out.append(_check_bytes(value, self.n, where))
 
 
-class StringNode(Node):
+class _StringNode(_Node):
     def __init__(self, n: int, encoding: str) -> None:
         self.fmt, self.size, self.nvals, self.n, self.encoding = f"{n}s", n, 1, n, encoding
 
@@ -266,20 +270,20 @@ class StringNode(Node):
         out.append(_str_encode(value, self.n, self.encoding, where))
 
 
-class Pad(Node):
+class _Pad(_Node):
     def __init__(self, n: int) -> None:
         self.fmt, self.size, self.nvals = f"{n}x", n, 0
 
 
-class ArrayNode(Node):
-    def __init__(self, n: int, elem: Node) -> None:
+class _ArrayNode(_Node):
+    def __init__(self, n: int, elem: _Node) -> None:
         self.n, self.elem = n, elem
-        self.fmt = f"{n}{elem.fmt}" if isinstance(elem, Scalar) and n else elem.fmt * n
+        self.fmt = f"{n}{elem.fmt}" if isinstance(elem, _Scalar) and n else elem.fmt * n
         self.size, self.nvals = elem.size * n, elem.nvals * n
 
     def expr(self, t: str, i: Any, env: _Env) -> str:
         n, e, m = self.n, self.elem, self.elem.nvals
-        if isinstance(e, Scalar):
+        if isinstance(e, _Scalar):
             return f"list({t}[{_ix(i, 0)}:{_ix(i, n)}])"
         if n <= _UNROLL:
             return "[" + ", ".join(e.expr(t, _add(i, k * m), env)
@@ -290,7 +294,7 @@ class ArrayNode(Node):
 
     def flat(self, v: str, env: _Env, where: str) -> List[str]:
         n, e = self.n, self.elem
-        if isinstance(e, Scalar):
+        if isinstance(e, _Scalar):
             return [f"*_len({v}, {n}, {where!r})"]
         if n <= _UNROLL:
             out: List[str] = []
@@ -306,7 +310,7 @@ class ArrayNode(Node):
     def flatten(self, value: Any, out: List[Any], where: str, addrs: Any, path: Tuple) -> None:
         if value is None or (isinstance(value, int) and value == 0):
             value = [None] * self.n
-        if isinstance(value, (bytes, bytearray)) and isinstance(self.elem, Scalar):
+        if isinstance(value, (bytes, bytearray)) and isinstance(self.elem, _Scalar):
             value = list(value)
         if len(value) != self.n:
             raise ValueError(f"{where}: expected {self.n} elements, got {len(value)}")
@@ -334,8 +338,8 @@ def _len(value: Any, n: int, where: str) -> Any:
     return value
 
 
-class StructNode(Node):
-    def __init__(self, name: str, fields: List[Tuple[Optional[str], Node]], flex: Optional[Tuple[str, Flex]]) -> None:
+class _StructNode(_Node):
+    def __init__(self, name: str, fields: List[Tuple[Optional[str], _Node]], flex: Optional[Tuple[str, Flex]]) -> None:
         self.fields = fields  # (name or None for padding, node), in order
         self.flex = flex
         names = [f for f, _ in fields if f is not None] + ([flex[0]] if flex else [])
@@ -383,31 +387,31 @@ class StructNode(Node):
                 node.flatten(get(f), out, f"{where}.{f}" if where else f, addrs, path + (f,))
 
 
-def compile_node(sub: cs.Construct, name: str = "record") -> Node:
-    """The Node for one construct (NotCompilable outside the supported subset)."""
+def compile_node(sub: cs.Construct, name: str = "record") -> _Node:
+    """The _Node for one construct (NotCompilable outside the supported subset)."""
     while isinstance(sub, cs.Renamed):
         sub = sub.subcon
     if isinstance(sub, Pointer):
-        return PointerNode(sub)
+        return _PointerNode(sub)
     if isinstance(sub, cs.FormatField):
         fmt = sub.fmtstr
         if fmt[0] not in "<=" and struct.calcsize(fmt) > 1:
             raise NotCompilable(f"big-endian field {sub!r}")
-        return Scalar(fmt[1:], sub.length)
+        return _Scalar(fmt[1:], sub.length)
     if isinstance(sub, cs.Bytes) and isinstance(sub.length, int):
-        return BytesNode(sub.length)
+        return _BytesNode(sub.length)
     if isinstance(sub, cs.Padded) and isinstance(sub.length, int) and sub.subcon is cs.Pass:
-        return Pad(sub.length)
+        return _Pad(sub.length)
     if isinstance(sub, cs.StringEncoded):
         fixed = sub.subcon
         if isinstance(fixed, cs.FixedSized) and isinstance(fixed.length, int) and \
                 isinstance(fixed.subcon, cs.NullStripped) and len(fixed.subcon.pad) == 1:
-            return StringNode(fixed.length, sub.encoding)
+            return _StringNode(fixed.length, sub.encoding)
         raise NotCompilable(f"string {sub!r}")
     if isinstance(sub, cs.Array) and isinstance(sub.count, int):
-        return ArrayNode(sub.count, compile_node(sub.subcon, name))
+        return _ArrayNode(sub.count, compile_node(sub.subcon, name))
     if isinstance(sub, cs.Struct):
-        fields: List[Tuple[Optional[str], Node]] = []
+        fields: List[Tuple[Optional[str], _Node]] = []
         flex = None
         subcons = list(sub.subcons)
         for i, sc in enumerate(subcons):
@@ -418,10 +422,10 @@ def compile_node(sub: cs.Construct, name: str = "record") -> Node:
                 flex = (sc.name, inner)
                 continue
             node = compile_node(inner, f"{name}_{sc.name}" if sc.name else name)
-            if sc.name is None and not isinstance(node, Pad):
+            if sc.name is None and not isinstance(node, _Pad):
                 raise NotCompilable(f"unnamed field {sc!r}")
             fields.append((sc.name, node))
-        return StructNode(getattr(sub, "c_name", "") or name, fields, flex)
+        return _StructNode(getattr(sub, "c_name", "") or name, fields, flex)
     raise NotCompilable(f"{type(sub).__name__}")
 
 
@@ -489,10 +493,10 @@ def _length_fn(length: Length) -> Callable[[Any], int]:
     return computed
 
 
-def _pointer_slots(node: Node, path: Tuple[Any, ...], out: List[PointerSlot], what: str) -> None:
-    if isinstance(node, StructNode):
+def _pointer_slots(node: _Node, path: Tuple[Any, ...], out: List[PointerSlot], what: str) -> None:
+    if isinstance(node, _StructNode):
         for f, sub in node.fields:
-            if isinstance(sub, PointerNode):
+            if isinstance(sub, _PointerNode):
                 tgt = sub.decl.target
                 elem = compile_schema(tgt, f"{what}.{f}", pointer_target=True) if tgt is not None else None
                 if elem is not None and not isinstance(elem, Codec):
@@ -500,7 +504,7 @@ def _pointer_slots(node: Node, path: Tuple[Any, ...], out: List[PointerSlot], wh
                 out.append(PointerSlot(path, f, sub.decl, elem, f"{what}.{f}"))  # type: ignore[arg-type]
             elif f is not None:
                 _pointer_slots(sub, path + (f,), out, f"{what}.{f}")
-    elif isinstance(node, ArrayNode):
+    elif isinstance(node, _ArrayNode):
         for k in range(node.n):
             _pointer_slots(node.elem, path + (k,), out, f"{what}[{k}]")
 
@@ -526,11 +530,11 @@ class Codec:
         self.struct = struct.Struct("<" + node.fmt)
         if self.struct.size != node.size:
             raise AssertionError(f"{what}: compiled {self.struct.size} bytes, expected {node.size}")
-        self.record = node.record if isinstance(node, StructNode) else None
+        self.record = node.record if isinstance(node, _StructNode) else None
         self.slots: List[PointerSlot] = []
         _pointer_slots(node, (), self.slots, what)
         self.flex: Optional[Tuple[str, Callable[[Any], int], Codec]] = None
-        if isinstance(node, StructNode) and node.flex is not None:
+        if isinstance(node, _StructNode) and node.flex is not None:
             fname, fdecl = node.flex
             item = compile_schema(fdecl.item, f"{what}.{fname}", pointer_target=True)
             if not isinstance(item, Codec):
@@ -539,7 +543,7 @@ class Codec:
                 raise ValueError(f"{what}.{fname}: a Flex item must be a fixed struct without pointers")
             self.flex = (fname, _length_fn(fdecl.count), item)
         self.spans: Dict[str, Tuple[int, int]] = {}
-        if isinstance(node, StructNode):
+        if isinstance(node, _StructNode):
             off = 0
             for f, sub in node.fields:
                 if f is not None:
@@ -554,9 +558,9 @@ class Codec:
         env.ns["_pack"] = self.struct.pack
         env.ns["_len"] = _len
         node = self.node
-        flat = isinstance(node, StructNode) and not node.flex and \
-            all(isinstance(n, (Scalar, BytesNode, Pad)) for _, n in node.fields)
-        if flat and isinstance(node, StructNode):  # one value per field: the record is the unpacked tuple, spread
+        flat = isinstance(node, _StructNode) and not node.flex and \
+            all(isinstance(n, (_Scalar, _BytesNode, _Pad)) for _, n in node.fields)
+        if flat and isinstance(node, _StructNode):  # one value per field: the record is the unpacked tuple, spread
             self.src_decode = f"{env.add(node.record, 'R')}(*_unpack(DATA, 0))"
         else:
             self.src_decode = f"(lambda t: {node.expr('t', 0, env)})(_unpack(DATA, 0))"
@@ -569,7 +573,7 @@ class Codec:
         except NotCompilable:
             pass
         zeros = bytes(self.size)
-        if isinstance(node, StructNode) and all(isinstance(n, (Scalar, BytesNode, StringNode, Pad))
+        if isinstance(node, _StructNode) and all(isinstance(n, (_Scalar, _BytesNode, _StringNode, _Pad))
                                                 for _, n in node.fields) and not node.flex:
             # immutable fields only: a zero record is the class called with constants
             consts = [repr(n.zero()) for f, n in node.fields if f is not None]
@@ -649,9 +653,11 @@ class ConstructCodec:
                 off += n
 
     def decode(self, buf: Any, off: int = 0) -> Any:
+        """construct's parse of the ``size`` bytes at ``off``."""
         return self.schema.parse(bytes(buf[off:off + self.size]))
 
     def encode(self, value: Any, addrs: Any = None) -> bytes:
+        """construct's build; ValueError if the value does not fit the schema."""
         if isinstance(value, Record):
             value = value._asdict()
         try:
@@ -660,6 +666,7 @@ class ConstructCodec:
             raise ValueError(f"cannot encode {value!r}: {exc}") from None
 
     def zero(self) -> Any:
+        """The all-zero value, parsed."""
         return self.schema.parse(bytes(self.size))
 
     field_span = Codec.field_span

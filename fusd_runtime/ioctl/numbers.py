@@ -13,6 +13,7 @@ from typing import Union
 
 from fusd_wire.constants import _IOC, _IOC_DIRSHIFT, _IOC_NONE, _IOC_READ, _IOC_SIZESHIFT, _IOC_TYPESHIFT, _IOC_WRITE
 
+#: ``_IOC_DIR`` values: no data, the caller writes (copied in), the caller reads (copied out)
 IOC_NONE, IOC_WRITE, IOC_READ = _IOC_NONE, _IOC_WRITE, _IOC_READ
 #: the bits of ``_IOC_SIZE`` in a number (a family of numbers differing only there: ``SPI_IOC_MESSAGE(N)``)
 IOC_SIZEMASK = 0x3FFF << _IOC_SIZESHIFT

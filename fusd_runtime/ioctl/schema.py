@@ -21,6 +21,7 @@ import construct as cs
 #: directions of an argument or of a pointed-to buffer, seen from the caller:
 #: IN = caller -> device (copied in), OUT = device -> caller (copied out), INOUT = both
 IN, OUT, INOUT = "in", "out", "inout"
+#: the three directions, for checks
 DIRECTIONS = (IN, OUT, INOUT)
 
 #: a length: a field name of the same struct, an int, or ``callable(struct) -> int``
@@ -81,13 +82,18 @@ class Pointer(cs.Adapter):  # type: ignore[misc]
             from address 0 would.
         out_fields: for a struct ``target`` copied out: only these fields of each
             element are written back.
+        c_type: the field's C type, for ``CStruct``'s 32-bit layout: None for
+            ``void *`` (4 bytes on i386), ``c.u64`` for an address kept in a
+            ``__u64`` (``spi_ioc_transfer.tx_buf``: 8 bytes on both).
 
     Only the CUSE transport can follow pointers (FUSE refuses such a device at ``add``).
     """
 
     def __init__(self, length: Length, target: Optional[cs.Construct] = None, direction: Direction = INOUT,
-                 *, optional: bool = False, out_fields: Optional[Sequence[str]] = None) -> None:
+                 *, optional: bool = False, out_fields: Optional[Sequence[str]] = None,
+                 c_type: Optional[cs.Construct] = None) -> None:
         super().__init__(cs.Int64ul)
+        self.c_type = c_type
         check_direction(direction, "Pointer direction")
         if not (isinstance(length, (str, int)) or callable(length)):
             raise ValueError(f"Pointer length must be a field name, an int or a function, not {length!r}")
