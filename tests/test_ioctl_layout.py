@@ -1,7 +1,7 @@
 """C layouts (``CStruct``) against the kernel and libc headers, byte for byte.
 
 A C program compiled here against ``<scsi/sg.h>``, ``<linux/spi/spidev.h>``,
-``<linux/i2c.h>``/``<linux/i2c-dev.h>`` and ``<linux/rtc.h>`` prints ``sizeof``
+``<linux/i2c.h>``/``<linux/i2c-dev.h>``, ``<linux/rtc.h>`` and ``<asm-generic/termbits.h>`` prints ``sizeof``
 and every ``offsetof`` of the structs the gallery and the tests declare, and
 the bytes of each struct filled with known values.  The numbers come from the
 compiler, never from our code: a padding rule got wrong, a field of the wrong
@@ -18,7 +18,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from examples.rtc import rtc_time as gallery_rtc_time
+from examples.rtc import rtc_wkalrm as gallery_rtc_wkalrm
 from examples.scsi_disk import sg_io_hdr, sg_scsi_id
+from examples.serial_modem import kernel_termios, termios2
 from examples.spi_flash import spi_ioc_transfer
 from fusd_runtime.ioctl import CStruct, c, compile_schema
 
@@ -45,6 +48,10 @@ CASES: List[Tuple[CStruct, str, str, Dict[str, Any]]] = [
     (rtc_time, "struct rtc_time", "linux/rtc.h", dict(
         tm_sec=1, tm_min=2, tm_hour=3, tm_mday=4, tm_mon=5, tm_year=126, tm_wday=6, tm_yday=7, tm_isdst=-1)),
     (rtc_wkalrm, "struct rtc_wkalrm", "linux/rtc.h", dict(enabled=1, pending=0)),
+    (kernel_termios, "struct termios", "asm-generic/termbits.h", dict(c_iflag=1, c_oflag=2, c_cflag=0o10277, c_lflag=4,
+                                                               c_line=5)),
+    (termios2, "struct termios2", "asm-generic/termbits.h", dict(c_iflag=1, c_cflag=0o10000, c_line=2, c_ispeed=250000,
+                                                          c_ospeed=250001)),
 ]
 
 
@@ -115,6 +122,11 @@ def test_cstruct_matches_the_compiler(compiled: Dict[str, Any], schema: CStruct,
         assert value[f] == v, f
     assert codec.encode(value) == raw  # the same bytes back, padding included (C zeroed it too)
     assert schema.build(schema.parse(raw)) == raw  # and construct, the spec, agrees
+
+
+def test_the_gallerys_rtc_structs_are_these() -> None:
+    assert gallery_rtc_time.c_offsets == rtc_time.c_offsets and gallery_rtc_time.sizeof() == rtc_time.sizeof()
+    assert gallery_rtc_wkalrm.c_offsets == rtc_wkalrm.c_offsets and gallery_rtc_wkalrm.sizeof() == 40
 
 
 def test_sg_io_hdr_pads_before_usr_ptr_and_is_88_bytes() -> None:
