@@ -15,7 +15,7 @@ from cuse_loopback import PAGE, CuseLoopback
 from ioctl_bench_devices import XFER, DeclaredXfer, HandXfer, xfer
 
 from fusd_runtime import Device
-from fusd_runtime.ioctl import IN, IOW, CStruct, IoctlRetry, Pointer, c, compile_schema, ioctl
+from fusd_runtime.ioctl import IN, IOR, IOW, CStruct, IoctlRetry, Pointer, c, compile_schema, ioctl
 
 P = PAGE
 _enc = compile_schema(xfer).encode
@@ -71,10 +71,27 @@ def test_null_and_read_only_through_the_session() -> None:
         assert lo.ioctl(XFER, P) == 3 and lo.get(P + 128, 3) == b"bcd"
 
 
-def test_a_32_bit_caller_is_refused_for_pointer_arguments() -> None:
+def test_a_32_bit_caller_is_refused_where_its_layout_differs() -> None:
     compat = 1 << 0 | 1 << 1  # FUSE_IOCTL_COMPAT | FUSE_IOCTL_UNRESTRICTED
-    with CuseLoopback(DeclaredXfer()) as lo:
-        with pytest.raises(OSError) as exc:
-            lo.ioctl(XFER, P, flags=compat)
-        assert exc.value.errno == errno.EINVAL
+    ints = CStruct("a" / c.int, "b" / c.int, name="ints")  # the same on i386
+    mixed = CStruct("a" / c.u32, "b" / c.u64, name="mixed")  # i386 aligns b to 4: a different layout
+    GET_INTS, GET_MIXED = IOR("X", 8, ints.sizeof()), IOR("X", 9, mixed.sizeof())
+
+    class Both(DeclaredXfer):
+        @ioctl(GET_INTS, ints)
+        def get_ints(self, ctx: Any, v: Any) -> Any:
+            v.a, v.b = 1, 2
+            return v
+
+        @ioctl(GET_MIXED, mixed)
+        def get_mixed(self, ctx: Any, v: Any) -> Any:
+            return v
+
+    with CuseLoopback(Both()) as lo:
+        for cmd in (XFER, GET_MIXED):  # a pointer; an ABI-dependent layout
+            with pytest.raises(OSError) as exc:
+                lo.ioctl(cmd, P, flags=compat)
+            assert exc.value.errno == errno.EINVAL
+        assert lo.ioctl(GET_INTS, P, flags=compat) == 0 and lo.get(P, 8) == b"\1\0\0\0\2\0\0\0"
+        assert lo.ioctl(GET_MIXED, P) == 0  # a 64-bit caller is served
 

@@ -16,6 +16,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -61,23 +62,36 @@ def test_spi_config_and_spi_pipe(flash) -> None:
     assert bytes(dev.mem[0x1000:0x1005]) == b"fusd!"
 
 
+PY_SPIDEV_CLIENT = """
+import sys
+import spidev
+spi = spidev.SpiDev()
+spi.open_path(sys.argv[1])
+print(spi.mode, spi.bits_per_word)
+spi.max_speed_hz = 2000000
+spi.mode = 0b01
+print(spi.xfer2([0x9F, 0, 0, 0]))
+spi.xfer2([0x06])
+spi.xfer2([0x02, 0x00, 0x20, 0x00] + list(b"hello"))
+print(bytes(spi.xfer2([0x03, 0x00, 0x20, 0x00] + [0] * 5)[4:]))
+print(spi.xfer2([0x05, 0]))
+spi.close()
+"""
+
+
 def test_py_spidev_xfer2_and_settings(flash) -> None:
-    spidev = pytest.importorskip("spidev")
+    """py-spidev in its own process: its C calls keep the GIL across ioctl(), so it cannot share ours."""
+    pytest.importorskip("spidev")
     dev, path = flash
-    spi = spidev.SpiDev()
-    spi.open_path(path)
-    try:
-        assert spi.mode == 0 and spi.bits_per_word == 8
-        spi.max_speed_hz = 2_000_000
-        spi.mode = 0b01
-        assert dev.max_speed_hz == 2_000_000 and dev.spi_mode == 1
-        assert spi.xfer2([0x9F, 0, 0, 0]) == [0xFF, *JEDEC_ID]
-        spi.xfer2([0x06])
-        spi.xfer2([0x02, 0x00, 0x20, 0x00] + list(b"hello"))
-        assert bytes(spi.xfer2([0x03, 0x00, 0x20, 0x00] + [0] * 5)[4:]) == b"hello"
-        assert spi.xfer2([0x05, 0]) == [0xFF, 0x00]  # WEL cleared by the program
-    finally:
-        spi.close()
+    proc = subprocess.run([sys.executable, "-c", PY_SPIDEV_CLIENT, path], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == "0 8"
+    assert out[1] == str([0xFF, *JEDEC_ID])
+    assert out[2] == repr(b"hello")
+    assert out[3] == "[255, 0]"  # WEL cleared by the program
+    assert dev.max_speed_hz == 2_000_000 and dev.spi_mode == 1 and bytes(dev.mem[0x2000:0x2005]) == b"hello"
 
 
 def test_two_transfers_one_message_read_only_tx_and_null_buffers(flash) -> None:
