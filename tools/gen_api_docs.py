@@ -41,7 +41,8 @@ PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.ioctl"
 MODULES = (
     "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl.numbers",
     "fusd_runtime.ioctl.schema", "fusd_runtime.ioctl.clayout",
-    "fusd_runtime.ioctl.codec", "fusd_runtime.ioctl.declare", "fusd_runtime.ioctl.retry", "fusd_runtime.ioctl.walk",
+    "fusd_runtime.ioctl.record", "fusd_runtime.ioctl.codec", "fusd_runtime.ioctl.declare",
+    "fusd_runtime.ioctl.restricted", "fusd_runtime.ioctl.retry", "fusd_runtime.ioctl.walk",
     "fusd_runtime.fusd",
     "fusd_wire.codec", "fusd_wire.constants", "fusd_wire.fastpath", "fusd_wire.errors",
 )

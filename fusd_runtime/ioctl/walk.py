@@ -26,7 +26,8 @@ import errno as _errno
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .codec import Record
-from .declare import IoctlSpec, split_result
+from .declare import IoctlSpec
+from .restricted import split_result
 from .retry import MAX_BYTES, MAX_IOV, IoctlRetry
 from .schema import IN, INOUT, OUT
 
