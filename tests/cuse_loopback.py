@@ -89,11 +89,15 @@ class CuseLoopback:
         return self._readable(addr, n) and not any(a < addr + n and addr < a + m for a, m in self.readonly)
 
     # ------------------------------------------------------------------ fuse_do_ioctl
-    def ioctl(self, cmd: int, arg: int, flags: int = _UNRESTRICTED) -> int:
-        """One ioctl(2) of the caller: the kernel's loop; OSError as the caller would get it."""
+    def ioctl(self, cmd: int, arg: int, flags: int = _UNRESTRICTED, max_rounds: int = 64) -> int:
+        """One ioctl(2) of the caller: the kernel's loop; OSError as the caller would get it.
+
+        The kernel retries for as long as the daemon asks; a test harness should not:
+        more than ``max_rounds`` retries raise RuntimeError (a daemon that never settles).
+        """
         in_iovs: List[Tuple[int, int]] = []
         out_iovs: List[Tuple[int, int]] = []
-        while True:
+        for _ in range(max_rounds + 1):
             for a, n in in_iovs:
                 if not self._readable(a, n):
                     raise OSError(errno.EFAULT, "copy in")
@@ -126,6 +130,7 @@ class CuseLoopback:
                         raise OSError(errno.EFAULT, "copy out")
                     self.mem[a:a + len(chunk)] = chunk
             return int(result)
+        raise RuntimeError(f"ioctl {cmd:#x}: still asking for retries after {max_rounds} rounds")
 
     def close(self) -> None:
         """Stop the session like a server does; the socketpair is closed."""
