@@ -113,6 +113,38 @@ def test_pointer_chasing_declared_vs_hand_written(benchmark: Any, pinned: None) 
         assert dlo.rounds and dlo.session.ioctl_retries == dlo.rounds and hlo.session.ioctl_retries == hlo.rounds
 
 
+@pytest.mark.benchmark(group="ioctl-pointer")
+def test_pointer_chasing_on_the_cuse_kernel(benchmark: Any, pinned: None) -> None:
+    """The same comparison through the real CUSE kernel (the qemu guest: TCG-emulated, ~10x slower)."""
+    import ctypes
+
+    from fusd_runtime.cuse import CuseServer, cuse_available
+    if not cuse_available():
+        pytest.skip("needs /dev/cuse and root (run in ../shared/cusevm's guest)")
+    with CuseServer(readers=1) as server:
+        names = {}
+        for kind, dev in (("declared", DeclaredXfer()), ("hand", HandXfer())):
+            names[kind] = f"fusd-bench-{os.getpid()}-{kind}"
+            server.add(dev, names[kind])
+        fds = {k: os.open(server.path(n), os.O_RDWR) for k, n in names.items()}
+        try:
+            tx = ctypes.create_string_buffer(b"0123456789abcdef", 16)
+            rx = ctypes.create_string_buffer(16)
+            arg = bytearray(compile_schema(xfer).encode(dict(tx=ctypes.addressof(tx), rx=ctypes.addressof(rx),
+                                                              len=16)))
+            calls = {k: (lambda fd=fd: fcntl.ioctl(fd, XFER, arg)) for k, fd in fds.items()}
+            for call in calls.values():
+                rx.raw = bytes(16)
+                assert call() == 16 and rx.raw == b"123456789:bcdefg"
+            res = compare("pointer (3 rounds, CUSE kernel)", calls["declared"], calls["hand"],
+                          _iterations(benchmark, 300), 5, 1.3)
+            benchmark.extra_info.update(res)
+            benchmark(calls["declared"])
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+
 # ---------------------------------------------------------------------- plain fixed-size, FUSE kernel
 @pytest.fixture(scope="module")
 def point_server(pinned: None) -> Iterator[Any]:
