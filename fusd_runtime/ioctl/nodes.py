@@ -188,8 +188,10 @@ class _ArrayNode(_Node):
             for k in range(n):
                 out += e.flat(f"{v}[{k}]", env, f"{where}[{k}]")
             return out
-        items = ", ".join(e.flat("x", env, f"{where}[]"))
-        return [f"*[y for x in _len({v}, {n}, {where!r}) for y in ({items},)]"]
+        parts = e.flat("x", env, f"{where}[]")
+        if not parts:  # elements without bytes (an empty array of arrays): nothing to pack
+            return []
+        return [f"*[y for x in _len({v}, {n}, {where!r}) for y in ({', '.join(parts)},)]"]
 
     def zero(self) -> Any:
         return [self.elem.zero() for _ in range(self.n)]

@@ -419,12 +419,24 @@ def unrestricted_encoder(plan: Plan) -> Callable[[Any], Any]:
     EIO, logged); a shorter one is padded with what the caller had (INOUT) or
     zeros (OUT), except in the last range, where the copy just stops.
     """
+    value, outs = plan.value, plan.outs
+    one = outs[0] if len(outs) == 1 and outs[0][0] == _BYTES and outs[0][6] is None else None
+
     def encode(result: Any) -> Any:
-        res, val = split_result(result, plan.value)
-        outs = plan.outs
+        if result is None:
+            res, val = 0, value
+        elif result.__class__ is int:
+            res, val = result, value
+        else:
+            res, val = split_result(result, value)
         if not outs:
             return res
-        same = val is plan.value
+        same = val is value
+        if one is not None and same:  # the common case: one buffer filled in place (spidev's rx, a read)
+            v = getattr(one[1], one[2])  # type: ignore[arg-type]
+            cls = v.__class__
+            if (cls is bytearray or cls is bytes) and len(v) == one[4]:
+                return res, v if cls is bytes else bytes(v)
         chunks: List[bytes] = []
         last = len(outs) - 1
         for i, o in enumerate(outs):
