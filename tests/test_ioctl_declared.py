@@ -175,3 +175,34 @@ def test_model_out_only_and_too_long_results() -> None:
     k.put(P, xfer.build(dict(tx=0, rx=P + 40, tx_len=0, rx_len=2)))
     with pytest.raises(ValueError, match="caller's memory holds 2"):
         k.call(Arg(xfer).bind(XFER), P, lambda ctx, x: setattr(x, "rx", b"toolong") or x)
+
+
+class AsyncPlotter(Device):
+    """Declared handlers may be ``async def``: the runtime encodes what the coroutine returns."""
+
+    def __init__(self) -> None:
+        self.p = {"x": 1, "y": 2}
+
+    @ioctl(GET_POINT, point)
+    async def get_point(self, ctx: Context, pt):
+        import asyncio
+        await asyncio.sleep(0.01)  # suspends: answered from the loop, through the saved encoder
+        pt.update(self.p)
+        return pt
+
+    @ioctl(SET_POINT, point)
+    async def set_point(self, ctx: Context, pt) -> int:
+        self.p = {"x": pt.x, "y": pt.y}  # returns without suspending: answered in the reader
+        return 7
+
+
+@needs_fuse
+def test_async_declared_handlers_on_fuse(server: Server) -> None:
+    server.add(AsyncPlotter(), "aplotter")
+    fd = os.open(server.path("aplotter"), os.O_RDWR)
+    try:
+        assert fcntl.ioctl(fd, GET_POINT, bytes(8)) == struct.pack("<ii", 1, 2)
+        assert fcntl.ioctl(fd, SET_POINT, bytearray(struct.pack("<ii", 5, 6)), True) == 7
+        assert fcntl.ioctl(fd, GET_POINT, bytes(8)) == struct.pack("<ii", 5, 6)
+    finally:
+        os.close(fd)

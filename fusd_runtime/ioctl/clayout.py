@@ -2,15 +2,14 @@
 
 ::
 
-    from fusd_runtime.ioctl import CStruct, c, Pointer
+    from fusd_runtime.ioctl import CStruct, Pointer, c, IN
 
-    sg_io_hdr = CStruct(                       # /usr/include/scsi/sg.h
-        "interface_id" / c.int, "dxfer_direction" / c.int,
-        "cmd_len" / c.uchar, "mx_sb_len" / c.uchar, "iovec_count" / c.ushort,
-        "dxfer_len" / c.uint, "dxferp" / Pointer("dxfer_len"), ...
-        "pack_id" / c.int, "usr_ptr" / c.pointer,   # 4 bytes of padding are inserted before usr_ptr
-        ...)
-    assert sg_io_hdr.sizeof() == 88
+    i2c_msg = CStruct(                          # <linux/i2c.h>
+        "addr" / c.u16, "flags" / c.u16, "len" / c.u16,
+        "buf" / Pointer("len", direction=IN),   # 2 bytes of padding are inserted before buf
+        name="i2c_msg")
+    assert i2c_msg.sizeof() == 16 and i2c_msg.c_offsets["buf"] == 8
+    print(i2c_msg.describe())
 
 The rules are the x86-64 System V (LP64) ABI's, which is what a 64-bit caller
 on x86-64 (and, for these types, arm64 and riscv64) lays out:

@@ -290,7 +290,11 @@ def ioctl(cmd: int, schema: Schema = None, direction: Optional[str] = None, *,
 
     ::
 
-        rtc_time = cs.Struct("tm_sec" / cs.Int32sl, ...)            # struct rtc_time
+        from fusd_runtime import Device, ioctl
+        from fusd_runtime.ioctl import IOR, CStruct, c
+
+        rtc_time = CStruct(*(name / c.int for name in (                # struct rtc_time
+            "tm_sec", "tm_min", "tm_hour", "tm_mday", "tm_mon", "tm_year", "tm_wday", "tm_yday", "tm_isdst")))
         RTC_RD_TIME = IOR("p", 9, rtc_time.sizeof())
 
         class Rtc(Device):

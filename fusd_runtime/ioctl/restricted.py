@@ -9,6 +9,7 @@ so a declared fixed-size ioctl costs about what a hand-written ``ioctl()`` does.
 from __future__ import annotations
 
 import errno as _errno
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +50,8 @@ def _restricted_caller(spec: IoctlSpec) -> Callable[[Any, bytes, int, Dict[int, 
 
     The common case (a struct filled in place, nothing but the value to copy
     out) packs the record straight back and returns bytes, which the session
-    replies with on its fast path.  A deferred call leaves its encoder in
+    replies with on its fast path.  A deferred call (a handle, or an ``async def``
+    handler's coroutine, which the session then runs) leaves its encoder in
     ``pending[ctx.unique]`` for the answer.
     """
     from ..device import DEFER, ReplyHandle  # the device API; it imports nothing of ioctl
@@ -59,7 +61,7 @@ def _restricted_caller(spec: IoctlSpec) -> Callable[[Any, bytes, int, Dict[int, 
         def call_value(ctx: Any, data: bytes, out_size: int, pending: Dict[int, Any]) -> Any:
             result = call_declared(spec, ctx, None, out_size)
             encode = restricted_encoder(spec, None, data)
-            if result is DEFER or result.__class__ is ReplyHandle:
+            if result is DEFER or result.__class__ is ReplyHandle or result.__class__ is CoroutineType:
                 pending[ctx.unique] = encode
                 return result
             return encode(result)
@@ -69,7 +71,7 @@ def _restricted_caller(spec: IoctlSpec) -> Callable[[Any, bytes, int, Dict[int, 
     # Generated per spec, like the codec: no call per step, the record packed straight back.
     ns = dict(codec.ns)
     ns.update(_spec=spec, _encoder=restricted_encoder, _DEFER=DEFER, _ReplyHandle=ReplyHandle, _OSError=OSError,
-              _EINVAL=_errno.EINVAL)
+              _EINVAL=_errno.EINVAL, _Coroutine=CoroutineType)
     if spec.reads:
         get_value = (f"    if len(data) < {codec.size}:\n"
                      f"        raise _OSError(_EINVAL, 'ioctl {cmd:#x}: ' + str(len(data)) + "
@@ -90,7 +92,7 @@ def _restricted_caller(spec: IoctlSpec) -> Callable[[Any, bytes, int, Dict[int, 
     src = ("def call(ctx, data, out_size, pending):\n" + get_value +
            f"    result = {handler}\n" + fast +
            "    encode = _encoder(_spec, value, data)\n"
-           "    if result is _DEFER or result.__class__ is _ReplyHandle:\n"
+           "    if result is _DEFER or result.__class__ is _ReplyHandle or result.__class__ is _Coroutine:\n"
            "        pending[ctx.unique] = encode\n"
            "        return result\n"
            "    return encode(result)\n")
@@ -104,7 +106,7 @@ def _generic_restricted_caller(spec: IoctlSpec, DEFER: Any, ReplyHandle: Any) ->
         value = restricted_decode(spec, data)
         result = call_declared(spec, ctx, value, out_size)
         encode = restricted_encoder(spec, value, data)
-        if result is DEFER or result.__class__ is ReplyHandle:
+        if result is DEFER or result.__class__ is ReplyHandle or result.__class__ is CoroutineType:
             pending[ctx.unique] = encode
             return result
         return encode(result)

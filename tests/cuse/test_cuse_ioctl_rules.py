@@ -37,7 +37,8 @@ xfer_v1 = CStruct("tx" / Pointer("len", direction=INOUT), "rx" / Pointer("len", 
 XFER_INOUT = IOW("R", 2, xfer_v1.sizeof())
 big = CStruct("buf" / Pointer("len", direction=IN), "len" / c.u32, name="big")
 BIG = IOW("R", 3, big.sizeof())
-RAW_ASK = IOW("R", 4, 8)  # a raw device asks for the ranges the test names: what does the kernel say?
+RAW_ASK = IOW("R", 4, 8)
+XFER_ASYNC = IOW("R", 5, xfer.sizeof())  # a raw device asks for the ranges the test names: what does the kernel say?
 
 I2C_M_RD = 0x0001
 i2c_msg = CStruct("addr" / c.u16, "flags" / c.u16, "len" / c.u16,
@@ -65,6 +66,13 @@ class Rules(Device):
     @ioctl(XFER_INOUT, xfer_v1, IN)
     def xfer_inout(self, ctx: Context, x: Any) -> int:
         x.rx[:] = bytes(x.tx).upper()
+        return x.len
+
+    @ioctl(XFER_ASYNC, xfer, IN)
+    async def xfer_async(self, ctx: Context, x: Any) -> int:
+        import asyncio
+        await asyncio.sleep(0.01)  # answered later, from the loop: the pointers' data still goes out
+        x.rx[:] = bytes(x.tx)[::-1]
         return x.len
 
     @ioctl(BIG, big, IN)
@@ -210,3 +218,10 @@ def test_every_retry_round_is_counted(dev: Any) -> None:
     before = session.ioctl_retries
     fcntl.ioctl(fd, RAW_ASK, bytes(8))
     assert session.ioctl_retries - before == 2  # the emulated _IOW copy, then the device's own retry
+
+
+def test_an_async_handler_with_pointers(dev: Any) -> None:
+    device, fd, _ = dev
+    tx, rx = ctypes.create_string_buffer(b"stressed", 8), ctypes.create_string_buffer(8)
+    arg = bytearray(_xfer(dict(tx=ctypes.addressof(tx), rx=ctypes.addressof(rx), len=8)))
+    assert fcntl.ioctl(fd, XFER_ASYNC, arg) == 8 and rx.raw == b"desserts"
