@@ -202,7 +202,7 @@ class ScsiDisk(Device):
             hdr.resid = hdr.dxfer_len
         return hdr
 
-    # ------------------------------------------------------------------ the disk
+    # ------------------------------------------------------------------ the disk (``_cmd_*``: one per opcode)
     def execute(self, cdb: bytes, buf: Any, direction: int) -> int:
         """Run one command; return the bytes moved through ``buf``; CheckCondition on failure."""
         op = cdb[0]
@@ -223,13 +223,13 @@ class ScsiDisk(Device):
         if lba + count > self.blocks:
             raise CheckCondition(ILLEGAL_REQUEST, LBA_OUT_OF_RANGE)
 
-    def test_unit_ready(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_test_unit_ready(self, cdb: bytes, buf: Any, direction: int) -> int:
         return 0
 
-    def request_sense(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_request_sense(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._data_in(buf, self.last_sense, cdb[4])
 
-    def inquiry(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_inquiry(self, cdb: bytes, buf: Any, direction: int) -> int:
         alloc = int.from_bytes(cdb[3:5], "big")
         if cdb[1] & 1:  # EVPD
             page = cdb[2]
@@ -256,11 +256,11 @@ class ScsiDisk(Device):
         std[32:36] = self.revision.encode().ljust(4)[:4]
         return self._data_in(buf, bytes(std), alloc)
 
-    def read_capacity10(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_read_capacity10(self, cdb: bytes, buf: Any, direction: int) -> int:
         last = min(self.blocks - 1, 0xFFFFFFFF)
         return self._data_in(buf, last.to_bytes(4, "big") + self.block_size.to_bytes(4, "big"), 8)
 
-    def service_action_in16(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_service_action_in16(self, cdb: bytes, buf: Any, direction: int) -> int:
         if cdb[1] & 0x1F != 0x10:  # only READ CAPACITY(16)
             raise CheckCondition(ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         data = (self.blocks - 1).to_bytes(8, "big") + self.block_size.to_bytes(4, "big") + bytes(20)
@@ -281,43 +281,43 @@ class ScsiDisk(Device):
             return n
         return self._data_in(buf, bytes(self.data[start:start + n]), n)
 
-    def read6(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_read6(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[1:4], "big") & 0x1FFFFF, cdb[4] or 256, buf, False)
 
-    def write6(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_write6(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[1:4], "big") & 0x1FFFFF, cdb[4] or 256, buf, True)
 
-    def read10(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_read10(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), buf, False)
 
-    def write10(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_write10(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), buf, True)
 
-    def read16(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_read16(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big"), buf, False)
 
-    def write16(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_write16(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._rw(int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big"), buf, True)
 
-    def mode_sense6(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_mode_sense6(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._data_in(buf, bytes([3, 0, 0, 0]), cdb[4])  # header only: no block descriptors, no pages
 
-    def mode_sense10(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_mode_sense10(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._data_in(buf, bytes([0, 6, 0, 0, 0, 0, 0, 0]), int.from_bytes(cdb[7:9], "big"))
 
-    def report_luns(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_report_luns(self, cdb: bytes, buf: Any, direction: int) -> int:
         return self._data_in(buf, (8).to_bytes(4, "big") + bytes(4) + bytes(8), int.from_bytes(cdb[6:10], "big"))
 
-    def no_data(self, cdb: bytes, buf: Any, direction: int) -> int:
+    def _cmd_no_data(self, cdb: bytes, buf: Any, direction: int) -> int:
         return 0  # SYNCHRONIZE CACHE, START STOP UNIT: nothing to do in memory
 
 
 _COMMANDS = {
-    0x00: ScsiDisk.test_unit_ready, 0x03: ScsiDisk.request_sense, 0x12: ScsiDisk.inquiry,
-    0x25: ScsiDisk.read_capacity10, 0x9E: ScsiDisk.service_action_in16,
-    0x08: ScsiDisk.read6, 0x0A: ScsiDisk.write6, 0x28: ScsiDisk.read10, 0x2A: ScsiDisk.write10,
-    0x88: ScsiDisk.read16, 0x8A: ScsiDisk.write16, 0x1A: ScsiDisk.mode_sense6, 0x5A: ScsiDisk.mode_sense10,
-    0xA0: ScsiDisk.report_luns, 0x35: ScsiDisk.no_data, 0x91: ScsiDisk.no_data, 0x1B: ScsiDisk.no_data,
+    0x00: ScsiDisk._cmd_test_unit_ready, 0x03: ScsiDisk._cmd_request_sense, 0x12: ScsiDisk._cmd_inquiry,
+    0x25: ScsiDisk._cmd_read_capacity10, 0x9E: ScsiDisk._cmd_service_action_in16,
+    0x08: ScsiDisk._cmd_read6, 0x0A: ScsiDisk._cmd_write6, 0x28: ScsiDisk._cmd_read10, 0x2A: ScsiDisk._cmd_write10,
+    0x88: ScsiDisk._cmd_read16, 0x8A: ScsiDisk._cmd_write16, 0x1A: ScsiDisk._cmd_mode_sense6, 0x5A: ScsiDisk._cmd_mode_sense10,
+    0xA0: ScsiDisk._cmd_report_luns, 0x35: ScsiDisk._cmd_no_data, 0x91: ScsiDisk._cmd_no_data, 0x1B: ScsiDisk._cmd_no_data,
 }
 
 
