@@ -316,8 +316,9 @@ _COMMANDS = {
     0x00: ScsiDisk._cmd_test_unit_ready, 0x03: ScsiDisk._cmd_request_sense, 0x12: ScsiDisk._cmd_inquiry,
     0x25: ScsiDisk._cmd_read_capacity10, 0x9E: ScsiDisk._cmd_service_action_in16,
     0x08: ScsiDisk._cmd_read6, 0x0A: ScsiDisk._cmd_write6, 0x28: ScsiDisk._cmd_read10, 0x2A: ScsiDisk._cmd_write10,
-    0x88: ScsiDisk._cmd_read16, 0x8A: ScsiDisk._cmd_write16, 0x1A: ScsiDisk._cmd_mode_sense6, 0x5A: ScsiDisk._cmd_mode_sense10,
-    0xA0: ScsiDisk._cmd_report_luns, 0x35: ScsiDisk._cmd_no_data, 0x91: ScsiDisk._cmd_no_data, 0x1B: ScsiDisk._cmd_no_data,
+    0x88: ScsiDisk._cmd_read16, 0x8A: ScsiDisk._cmd_write16,
+    0x1A: ScsiDisk._cmd_mode_sense6, 0x5A: ScsiDisk._cmd_mode_sense10, 0xA0: ScsiDisk._cmd_report_luns,
+    0x35: ScsiDisk._cmd_no_data, 0x91: ScsiDisk._cmd_no_data, 0x1B: ScsiDisk._cmd_no_data,
 }
 
 
