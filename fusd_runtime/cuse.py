@@ -174,10 +174,8 @@ class CuseSession(Session):
                 strand.drain()
             return None
         strand.release()
-        self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
         """Answer; on a seekable device a READ/WRITE answer also moves the open file's position.

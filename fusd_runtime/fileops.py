@@ -96,10 +96,11 @@ class FileOps(Replies):
             self._log_once(f"runtime.{handler.__name__}", "fusd: internal error in %s", handler.__name__, exc)
             self.answer_error(chan, unique, errno.EIO)
 
-    def answer_then_drain(self, chan: Any, parts: List[Any], strand: Strand) -> Optional[List[Any]]:
-        """Write this request's answer, then serve what queued behind it: answers stay in execution order."""
+    def answer_then_drain(self, chan: Any, parts: Optional[List[Any]], strand: Strand) -> Optional[List[Any]]:
+        """Write this request's answer (if any), then serve what queued behind it: answers stay in order."""
         try:
-            self.send(chan, parts)
+            if parts is not None:
+                self.send(chan, parts)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.EINTR, errno.ENODEV, errno.EBADF):
                 self._report(exc)
@@ -142,12 +143,10 @@ class FileOps(Replies):
             return None
         strand.release()
         if result is None:
-            parts = [self._pack_open_reply(32, 0, unique, fh, self.open_flags(device), 0)]
-            return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
-        self.other_result(chan, unique, 14, result, 0, ctx, (pid, uid, gid, flags & _O_NONBLOCK))
-        if strand.backlog:
-            strand.drain()
-        return None
+            opened = [self._pack_open_reply(32, 0, unique, fh, self.open_flags(device), 0)]
+            return self.answer_then_drain(chan, opened, strand) if strand.backlog else opened
+        parts = self.other_result(chan, unique, 14, result, 0, ctx, (pid, uid, gid, flags & _O_NONBLOCK))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _drop(self, ctx: Context) -> None:
         self.files.pop(ctx.fh, None)
@@ -184,10 +183,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 18, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 18, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     # ------------------------------------------------------------------ READ / WRITE
     def _op_read(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
@@ -224,10 +221,8 @@ class FileOps(Replies):
                 if strand.backlog:  # requests queued behind this one: answer first, then serve them
                     return self.answer_then_drain(chan, [pack_out(16 + rn, 0, unique), result], strand)
                 return [pack_out(16 + rn, 0, unique), result]
-        self.other_result(chan, unique, 15, result, size, ctx, (pid, uid, gid, nonblock))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 15, result, size, ctx, (pid, uid, gid, nonblock))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _op_write(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
@@ -271,10 +266,8 @@ class FileOps(Replies):
         if result is None:
             result = size
         elif result.__class__ is not int or not 0 <= result <= size:
-            self.other_result(chan, unique, 16, result, size, ctx, (pid, uid, gid, nonblock))
-            if strand.backlog:
-                strand.drain()
-            return None
+            parts = self.other_result(chan, unique, 16, result, size, ctx, (pid, uid, gid, nonblock))
+            return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
         if strand.backlog:
             return self.answer_then_drain(chan, [self._pack_write_reply(24, 0, unique, result, 0)], strand)
         return [self._pack_write_reply(24, 0, unique, result, 0)]
@@ -308,10 +301,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 25, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 25, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _op_fsync(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
@@ -337,10 +328,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 20, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 20, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     # ------------------------------------------------------------------ IOCTL
     def _op_ioctl(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
@@ -385,15 +374,13 @@ class FileOps(Replies):
         strand.release()
         cls = result.__class__
         if strand.backlog:  # requests queued behind this one: answer first (in order), then serve them
-            self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
-            strand.drain()
-            return None
+            return self.answer_then_drain(chan, self.other_result(chan, unique, 39, result, out_size, ctx,
+                                                                  (pid, uid, gid, 0)), strand)
         if cls is bytes and len(result) <= out_size:  # the common _IOR/_IOWR answer
             return [self._pack_ioctl_reply(32 + len(result), 0, unique, 0, 0, 0, 0), result]
         if cls is int:
             return [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)]
-        self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
-        return None
+        return self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
 
     def call_ioctl(self, ctx: Context, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:
         """Hand an ioctl to the device (the CUSE session adds the unrestricted protocol).
@@ -451,10 +438,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [self._pack_poll_reply(24, 0, unique, mask, 0)], strand)
             return [self._pack_poll_reply(24, 0, unique, mask, 0)]
-        self.other_result(chan, unique, 40, mask, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 40, mask, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
 
 def _opname(opcode: int) -> str:
