@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.readers = args.readers
     if args.record:
         server._record = args.record
+    server.debug = args.debug
     device = cls()
     name = args.name or getattr(device, "name", "") or cls.__name__.lower()
     server.add(device, name)
@@ -69,7 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fusd", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what the runtime does: -v mounts, devices, negotiated protocol; -vv more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="start example devices and drive them with real system calls", add_help=False)
     serve = sub.add_parser("serve", help="serve a device class: fusd serve module:Class")
@@ -79,17 +81,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     serve.add_argument("--mountpoint", help="FUSE: the directory to serve in (default: a temporary one)")
     serve.add_argument("--readers", type=int, help="reader threads (default: 2, or 1 when pinned to one CPU)")
     serve.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")
+    serve.add_argument("-d", "--debug", action="store_true",
+                       help="print each request and its reply as served, libfuse -d style (logger fusd.debug)")
     sub.add_parser("bench", help="per-syscall round-trip latency (fusd bench --help)", add_help=False)
     sub.add_parser("decode", help="decode a capture (fusd decode --help)", add_help=False)
     sub.add_parser("replay", help="replay a recording to a device class, diff its replies (fusd replay --help)",
                    add_help=False)
 
     # demo/bench/decode/replay own their options: hand the rest of the line to them.
-    verbose = False
-    while argv and argv[0] in ("-v", "--verbose"):
-        verbose = True
-        argv.pop(0)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    verbose = 0
+    while argv and argv[0] in ("-v", "-vv", "--verbose"):
+        verbose += 2 if argv.pop(0) == "-vv" else 1
+    logging.basicConfig(level=(logging.WARNING, logging.INFO)[verbose] if verbose < 2 else logging.DEBUG,
+                        format="%(message)s")
     if argv and argv[0] in ("demo", "bench", "decode", "replay"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "demo":

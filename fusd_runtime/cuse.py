@@ -31,6 +31,7 @@ Why the details are as they are:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -44,6 +45,8 @@ from .device import DEFER, Device, ReplyHandle
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
 from .session import _OUT_HEADER, GONE, OP, Session, default_readers
+
+log = logging.getLogger("fusd")
 
 _pack_out = _OUT_HEADER.pack
 
@@ -229,15 +232,16 @@ class CuseServer(ServerBase):
         readers: reader threads per device (they share the device's /dev/cuse fd); default
             as on FUSE (``session.default_readers``).
         record: a path or a ``fusd_wire.trace`` Recorder: capture every message.
+        debug: log each request and its reply as served (``fusd.debug`` logger), as on FUSE.
         uid, gid: default owner of the nodes (default: the server's).
         node_timeout: seconds to wait for the kernel to create a node.
     """
 
     transport = "cuse"
 
-    def __init__(self, *, readers: Optional[int] = None, record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
-        super().__init__(record=record)
+    def __init__(self, *, readers: Optional[int] = None, record: Any = None, debug: bool = False,
+                 uid: Optional[int] = None, gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
+        super().__init__(record=record, debug=debug)
         self.readers = default_readers() if readers is None else readers
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
@@ -330,6 +334,8 @@ class CuseServer(ServerBase):
             os.chmod(path, attrs["mode"])
             if (attrs["uid"], attrs["gid"]) != (0, 0):
                 os.chown(path, attrs["uid"], attrs["gid"])
+            log.info("fusd: serving %s (CUSE 7.%d, %s, %d reader%s)", path, session.minor, type(device).__name__,
+                     self.readers, "s"[:self.readers > 1])
         except BaseException:
             self.sessions.pop(name, None)
             device.session = None
@@ -337,6 +343,7 @@ class CuseServer(ServerBase):
             raise
 
     def _stop_session(self, session: CuseSession) -> None:
+        log.info("fusd: stopping %s", session.path)
         with self.lock:
             session.detach_device(session.device)
             session.device = GONE
