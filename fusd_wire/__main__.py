@@ -4,6 +4,7 @@ Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
     tap -o CAP MNT -- DAEMON ARGS   record a libfuse 3 daemon's traffic live (root)
     replay FILE --device mod:Class  play a recording to a device, diff its replies with the captured ones
+    wireshark [-o FILE | --install] the Wireshark dissector (Lua) for our captures, generated from the opcode table
 """
 
 from __future__ import annotations
@@ -41,7 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "differences or missing replies; 2: cannot replay.")
     add_replay_arguments(rep)
     rep.set_defaults(run=_replay, parser_=rep)
+    ws = sub.add_parser("wireshark", help="print the Wireshark dissector (Lua) for our pcapng captures",
+                        description="Generate the FUSE/CUSE dissector from the opcode table. Example: "
+                                    "python -m fusd_wire wireshark > ~/.local/lib/wireshark/plugins/fuse.lua, "
+                                    "or tshark -X lua_script:fuse.lua -r capture.pcapng -V")
+    out = ws.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="write the dissector to this file instead of stdout")
+    out.add_argument("--install", action="store_true",
+                     help="write it to Wireshark's personal plugin folder, ~/.local/lib/wireshark/plugins/fuse.lua")
+    ws.set_defaults(run=_wireshark, parser_=ws)
     return parser
+
+
+def _wireshark(args: argparse.Namespace) -> int:
+    from .trace.wireshark import run_wireshark
+    return run_wireshark(args.output, args.install)
 
 
 def _decode(args: argparse.Namespace) -> int:
