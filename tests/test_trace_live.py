@@ -207,7 +207,7 @@ def test_fusd_serve_d_and_v(tmp_path):
 def test_fusd_serve_without_flags_is_quiet(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = _serve(["serve", "fusd_runtime.examples:Hello"], mnt)
+    proc = _serve(["serve", "-f", "fusd_runtime.examples:Hello"], mnt)
     try:
         assert wait_for(lambda: os.path.exists(mnt / "hello") or proc.poll() is not None, 30)
         (mnt / "hello").read_bytes()
