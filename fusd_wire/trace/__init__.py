@@ -8,6 +8,8 @@
 - ``decode``: ``Decoder`` -- records to events, replies paired with requests, latency.
 - ``live``: ``DebugSink`` -- a recorder-like sink that decodes messages as they are served.
 - ``render``/``stats``/``command``: the ``python -m fusd_wire decode`` command.
+- ``tap`` (+ ``fusermount_shim``): ``python -m fusd_wire tap``, recording an unmodified daemon.
+- ``wireshark`` (+ ``wireshark_engine.lua``): the generated Lua dissector (``fuse.lua``).
 """
 
 from .decode import Decoder, Event, decode_records
