@@ -129,18 +129,14 @@ class Decoder:
 
     def __iter__(self) -> Iterator[Event]:
         """Decode the records lazily, one Event per record, replies paired with their requests."""
-        feed = self.feed
         for rec in self.records:
-            yield feed(rec)
-
-    def feed(self, rec: Record) -> Event:
-        """Decode one record pushed by the caller (live decoding: ``live.DebugSink``)."""
-        conn = self._conns.get(rec.conn)
-        if conn is None:
-            conn = self._conns[rec.conn] = _Conn(self.connections.get(rec.conn))
-        if rec.inbound:
-            return self._request(conn, rec)
-        return self._from_daemon(conn, rec)
+            conn = self._conns.get(rec.conn)
+            if conn is None:
+                conn = self._conns[rec.conn] = _Conn(self.connections.get(rec.conn))
+            if rec.inbound:
+                yield self._request(conn, rec)
+            else:
+                yield self._from_daemon(conn, rec)
 
     def _request(self, conn: _Conn, rec: Record) -> Event:
         req: Optional[Request]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
 from .decode import Decoder
 from .pcapng import CaptureError
@@ -48,8 +48,16 @@ class DebugSink:
         self.limit = limit
         self.connections: Dict[int, Connection] = {}
         self._lock = threading.Lock()
-        self._decoder = Decoder((), self._problem, self.connections)
+        self._next: Optional[Record] = None
+        # The Decoder pulls records lazily and yields one Event per record: feed it one at a time.
+        self._events = iter(Decoder(self._pushed(), self._problem, self.connections))
         self.closed = False
+
+    def _pushed(self) -> Iterator[Record]:
+        while True:
+            rec, self._next = self._next, None
+            assert rec is not None, "DebugSink: the decoder asked for a record nobody pushed"
+            yield rec
 
     def _problem(self, err: CaptureError) -> None:
         pass  # shown under the message itself ("   !! ..."), nothing more to say
@@ -75,7 +83,8 @@ class DebugSink:
         raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
         ts = time.time_ns() if timestamp_ns is None else timestamp_ns
         with self._lock:
-            ev = self._decoder.feed(Record(conn_id, direction, ts, raw, comment=comment or ""))
+            self._next = Record(conn_id, direction, ts, raw, comment=comment or "")
+            ev = next(self._events)
             self.emit("\n".join(text_lines(ev, limit=self.limit)))
 
     def flush(self) -> None:

@@ -27,18 +27,6 @@ _HEX_KEYS = ("flags", "flags2", "mask", "events", "revents", "valid", "fattr_fla
              "write_flags", "fsync_flags", "getattr_flags", "release_flags", "lk_flags", "setxattr_flags")
 
 
-def int_base(key: str) -> str:
-    """How an integer field named ``key`` is shown: "oct" (modes), "hex" (flags, masks, cmd) or "dec".
-
-    The text form and the Wireshark dissector (``wireshark.py``) both follow this.
-    """
-    if key == "mode" or key.endswith("mode"):
-        return "oct"
-    if key in _HEX_KEYS or key.endswith("_flags") or key == "cmd":
-        return "hex"
-    return "dec"
-
-
 def _fmt_bytes(b: bytes, limit: int) -> str:
     shown = b if limit < 0 else b[:limit]
     text = "".join(chr(c) if 32 <= c < 127 and c not in (34, 92) else
@@ -53,10 +41,9 @@ def _fmt_value(key: str, value: Any, limit: int) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
-        base = int_base(key)
-        if base == "oct":
+        if key == "mode" or key.endswith("mode"):
             return f"0{value:o}"
-        if base == "hex":
+        if key in _HEX_KEYS or key.endswith("_flags") or key == "cmd":
             return f"{value:#x}"
         return str(value)
     if isinstance(value, dict):

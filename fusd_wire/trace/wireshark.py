@@ -12,7 +12,7 @@ from the tables, which are derived here from what the codec itself uses:
 - every opcode's request and reply parts and every notification's body, from ``OPS`` and
   ``NOTIFICATIONS``; a part's presence predicate (``when``) by its function's name, each
   with a few lines of Lua below (generation fails for a predicate without them);
-- field display (hex flags, octal modes) from ``render.int_base``; opcode, notification
+- field display (hex flags, octal modes) as ``decode``'s text form shows them; opcode, notification
   and errno names from the constants.
 
 The engine implements what is code rather than data in ``parts.py``/``codec.py``: the
@@ -43,7 +43,7 @@ from ..codec import PartContext
 from ..opcodes import NOTIFICATIONS, OPS
 from ..parts import Array, Data, Dirents, KeyValues, Name, Part, Secctx, Struct
 from ..schemas import STRUCTS
-from .render import int_base
+from .render import _fmt_value
 
 MINORS = range(0, C.FUSE_KERNEL_MINOR_VERSION + 1)
 
@@ -92,7 +92,7 @@ class Generator:
         label = label or abbrev.rsplit(".", 1)[-1]
         base = "base.NONE"
         if kind in _PROTOFIELD:
-            b = int_base(label)
+            b = _int_base(label)
             base = "base.DEC" if kind[0] == "s" else {"hex": "base.HEX", "oct": "base.OCT"}.get(b, "base.DEC")
         spec = (kind, label, base)
         old = self.fields.setdefault(abbrev, spec)
@@ -223,6 +223,16 @@ class Generator:
 
     def parts(self, parts: Sequence[Part]) -> str:
         return "{" + ", ".join(self.part(p) for p in parts) + "}"
+
+
+def _int_base(key: str) -> str:
+    """How the text form shows an integer field named ``key``: "oct" (modes), "hex" (flags...), "dec".
+
+    Asked of the renderer itself (``render._fmt_value``), so the tree and ``decode``'s text
+    follow one rule.
+    """
+    shown = _fmt_value(key, 8, 0)
+    return "hex" if shown.startswith("0x") else "oct" if shown == "010" else "dec"
 
 
 def _element_layout(element: str, ctx: PartContext) -> cs.Struct:
