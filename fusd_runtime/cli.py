@@ -12,7 +12,8 @@ to ``COMMANDS`` with one line.  It parses its options with :class:`ArgumentParse
 (usage errors are one line and exit 2) and reports failures by raising
 :class:`CliError` (one line, exit 1 unless it says otherwise); ``main`` below
 prints them as ``fusd COMMAND: message``.  ``-v`` before the command logs what the
-runtime does (and shows tracebacks of internal errors).
+runtime does (mounts, devices, the negotiated protocol; and shows tracebacks of internal
+errors), ``-vv`` its internals too.
 
 Exit status: 0 done, 1 it failed, 2 the command line is wrong.
 """
@@ -85,7 +86,7 @@ def _usage() -> str:
             "exit status: 0 done, 1 failed, 2 wrong command line\n")
 
 
-def _run(command: str, argv: List[str], verbose: bool) -> int:
+def _run(command: str, argv: List[str], verbose: int) -> int:
     target, _ = COMMANDS[command]
     module_name, _, func = target.partition(":")
     try:
@@ -109,11 +110,11 @@ def _run(command: str, argv: List[str], verbose: bool) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``fusd`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = False
-    while argv and argv[0] in ("-v", "--verbose"):
-        verbose = True
-        argv.pop(0)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    verbose = 0  # -v: what the runtime does (mounts, devices, protocol); -vv: also its internals (DEBUG)
+    while argv and argv[0] in ("-v", "-vv", "--verbose"):
+        verbose += 2 if argv.pop(0) == "-vv" else 1
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s")
     if not argv:
         print(f"fusd: no command given (commands: {', '.join(COMMANDS)}; fusd --help)", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ Why the details are as they are:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -49,6 +50,8 @@ from .server import Server, ServerBase
 from .session import GONE, OP, Session, default_readers
 from .state import pack_out
 from .strand import strand_of
+
+log = logging.getLogger("fusd")
 
 CUSE_DEV = "/dev/cuse"
 #: the newest protocol minor we speak (the codec's); the kernel may be older (the test guest is 7.38)
@@ -250,15 +253,16 @@ class CuseServer(ServerBase):
         readers: reader threads per device (they share the device's /dev/cuse fd); default
             as on FUSE (``session.default_readers``).
         record: a path or a ``fusd_wire.trace`` Recorder: capture every message.
+        debug: log each request and its reply as served (``fusd.debug`` logger), as on FUSE.
         uid, gid: default owner of the nodes (default: the server's).
         node_timeout: seconds to wait for the kernel to create a node.
     """
 
     transport = "cuse"
 
-    def __init__(self, *, readers: Optional[int] = None, record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
-        super().__init__(record=record)
+    def __init__(self, *, readers: Optional[int] = None, record: Any = None, debug: bool = False,
+                 uid: Optional[int] = None, gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
+        super().__init__(record=record, debug=debug)
         self.readers = default_readers() if readers is None else readers
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
@@ -350,6 +354,8 @@ class CuseServer(ServerBase):
             os.chmod(path, attrs["mode"])
             if (attrs["uid"], attrs["gid"]) != (0, 0):
                 os.chown(path, attrs["uid"], attrs["gid"])
+            log.info("fusd: serving %s (CUSE 7.%d, %s, %d reader%s)", path, session.minor, type(device).__name__,
+                     self.readers, "s"[:self.readers > 1])
         except BaseException:
             self.sessions.pop(name, None)
             device.session = None
@@ -363,6 +369,7 @@ class CuseServer(ServerBase):
             session.device = GONE
 
     def _stop_session(self, session: CuseSession) -> None:
+        log.info("fusd: stopping %s", session.path)
         strand_of(session.device).run(self._detach, session)  # never alongside the device's callbacks
         session.stop_readers()
         session.close()

@@ -33,6 +33,7 @@ Every exit path unmounts — only the mount this server made.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -68,8 +69,9 @@ class ServerBase:
 
     transport = ""
 
-    def __init__(self, *, record: Any = None) -> None:
+    def __init__(self, *, record: Any = None, debug: bool = False) -> None:
         self._record = record
+        self.debug = debug
         self.recorder: Any = None
         self._serving = False
         self._closed = False
@@ -122,6 +124,8 @@ class ServerBase:
         try:
             if self._record is not None and self.recorder is None:
                 self.recorder = _open_recorder(self._record)
+            if self.debug:  # a recorder-like sink: the sessions' hot path is the recording one
+                self.recorder = _debug_sink(self.recorder, owned=self._record is not self.recorder)
             self._open_transport()
             self._serving = True
         except BaseException:
@@ -380,6 +384,8 @@ class Server(ServerBase):
         allow_other: let other users use the devices (default: when root).
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
+        debug: log each request and its reply as served, libfuse ``-d`` style, on the
+            ``fusd.debug`` logger (see ``docs/traces.md``); no cost when False.
         uid, gid: default owner of device files (default: the server's).
         mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
             (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
@@ -389,9 +395,9 @@ class Server(ServerBase):
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 debug: bool = False, uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
                  mount_options: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__(record=record)
+        super().__init__(record=record, debug=debug)
         self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
@@ -417,6 +423,7 @@ class Server(ServerBase):
         check_device(device)
         self.registry.add(name, device, mode, uid, gid)
         device.name = name
+        log.info("fusd: device %s added (%s, mode %o)", name, type(device).__name__, mode)
         self._prepare(device)
         device.session = self.session
         return device
@@ -429,6 +436,7 @@ class Server(ServerBase):
             raise KeyError(f"no such device: {device!r}")
         dev = node.device
         removed = self.registry.remove(node.path)
+        log.info("fusd: device %s removed", node.path)
         session = self.session
         if session is not None:
             strand_of(dev).run(session.detach_device, dev)  # never alongside the device's callbacks
@@ -494,6 +502,8 @@ class Server(ServerBase):
         self.session.start_readers()
         if not self.session.initialized.wait(10):
             raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+        log.info("fusd: serving %s (FUSE 7.%d, flags %#x, %d reader%s, %s)", self.mountpoint, self.session.minor,
+                 self.session.init_flags, self.readers, "s"[:self.readers > 1], self.mount.method)
 
     def _close_transport(self) -> None:
         session, self.session = self.session, None
@@ -515,6 +525,27 @@ class Server(ServerBase):
                         os.rmdir(self.mountpoint)
                     except OSError:
                         shutil.rmtree(self.mountpoint, ignore_errors=True)
+                log.info("fusd: stopped serving %s", self.mountpoint)
+
+
+def _debug_sink(recorder: Any, owned: bool) -> Any:
+    """The ``debug=True`` sink: every message decoded onto the ``fusd.debug`` logger at DEBUG.
+
+    Like libfuse's ``-d`` it prints without further set-up: when nothing configured the
+    logger, it gets level DEBUG and a stderr handler.  Configure ``fusd.debug`` yourself to
+    send the lines elsewhere; the level is checked per message, so raising it while serving
+    stops the decoding too.
+    """
+    from fusd_wire.trace.live import DebugSink  # only when debugging is asked for
+    dlog = logging.getLogger("fusd.debug")
+    if dlog.level == logging.NOTSET:
+        dlog.setLevel(logging.DEBUG)
+    if not dlog.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        dlog.addHandler(handler)
+    return DebugSink(functools.partial(dlog.debug, "%s"), recorder, close_inner=owned,
+                     enabled=functools.partial(dlog.isEnabledFor, logging.DEBUG))
 
 
 def _open_recorder(target: Any) -> Any:

@@ -108,7 +108,7 @@ class Session(ReaderLoop):
         self.on_error = on_error
         self._logged: Set[str] = set()
         self.recorder = recorder
-        self.conn_id = recorder.connection(f"{self.kind}:{fd}") if recorder is not None else 0
+        self.conn_id = recorder.connection(f"{self.kind}:{fd}", kind=self.kind) if recorder is not None else 0
         self.writev: Callable[[int, List[Any]], int] = os.writev if recorder is None else self._recording_writev
         self.handlers: Dict[int, Callable[..., Optional[List[Any]]]] = {
             OP.FUSE_OPEN: self._op_open,

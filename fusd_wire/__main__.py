@@ -2,8 +2,9 @@
 
 Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
-    tap -o CAP MNT -- DAEMON ARGS   record a libfuse 3 daemon's traffic live (root)
+    tap -o CAP MNT -- DAEMON ARGS   record a libfuse 2/3 daemon's traffic live (root)
     replay FILE --device mod:Class  play a recording to a device, diff its replies with the captured ones
+    wireshark [-o FILE | --install] the Wireshark dissector (Lua) for our captures, generated from the opcode table
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DECODE_EXAMPLE)
     add_decode_arguments(dec)
     dec.set_defaults(run=_decode, parser_=dec)
-    tap = sub.add_parser("tap", help="mount, run an unmodified libfuse 3 daemon behind a relay, record its traffic",
-                         description="Root only. Opens /dev/fuse, mounts it on MOUNTPOINT and starts DAEMON ARGS "
-                                     "with /dev/fd/N (a SOCK_SEQPACKET socket we relay) as its mountpoint: "
-                                     "write {fd} where N goes, or it is appended.")
+    tap = sub.add_parser("tap", help="run an unmodified FUSE daemon behind a recording relay (root)",
+                         description="Root only. Starts DAEMON ARGS (its own command line, naming MOUNTPOINT) "
+                                     "and, when its libfuse (2 or 3) mounts through fusermount, mounts "
+                                     "/dev/fuse on MOUNTPOINT with the daemon's options and gives it a "
+                                     "SOCK_SEQPACKET socket we relay and record. An argument containing {fd} "
+                                     "instead gets /dev/fd/N (libfuse 3's fd mountpoint; the tap mounts first). "
+                                     "Spliced replies are reassembled; anything that cannot be one message "
+                                     "stops the session with exit status 1. Example: python -m fusd_wire tap "
+                                     "-o cap.pcapng /mnt/b -- bindfs -f /srv /mnt/b",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tap.add_argument("-o", "--output", required=True, help="capture file to write (pcapng)")
     tap.add_argument("mountpoint")
     tap.add_argument("daemon", nargs=argparse.REMAINDER, help="-- DAEMON ARGS...")
@@ -51,7 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPLAY_EXAMPLE)
     add_replay_arguments(rep)
     rep.set_defaults(run=_replay, parser_=rep)
+    ws = sub.add_parser("wireshark", help="print the Wireshark dissector (Lua) for our pcapng captures",
+                        description="Generate the FUSE/CUSE dissector from the opcode table. Example: "
+                                    "python -m fusd_wire wireshark > ~/.local/lib/wireshark/plugins/fuse.lua, "
+                                    "or tshark -X lua_script:fuse.lua -r capture.pcapng -V")
+    out = ws.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="write the dissector to this file instead of stdout")
+    out.add_argument("--install", action="store_true",
+                     help="write it to Wireshark's personal plugin folder, ~/.local/lib/wireshark/plugins/fuse.lua")
+    ws.set_defaults(run=_wireshark, parser_=ws)
     return parser
+
+
+def _wireshark(args: argparse.Namespace) -> int:
+    from .trace.wireshark import run_wireshark
+    return run_wireshark(args.output, args.install)
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -134,3 +134,11 @@ def test_demo_runs_from_the_venv(venv_python, tmp_path):
     if where:  # the demo's temporary directory is unmounted again
         with open("/proc/mounts") as f:
             assert where.group(1) not in [line.split()[1] for line in f], "the demo left its mount behind"
+
+
+def test_wireshark_dissector_comes_with_the_wheel(venv_python, tmp_path):
+    """The generated dissector the docs point to is installed, and the generator's engine too."""
+    res = _run([venv_python, "-c", "from fusd_wire.trace.wireshark import generate, shipped_path;"
+                "print(open(shipped_path()).read() == generate(), shipped_path())"], cwd=tmp_path)
+    ok, path = res.stdout.split()
+    assert ok == "True" and path.startswith(str(venv_python.parent.parent)), res.stdout

@@ -30,6 +30,8 @@ example (fusd_runtime.examples ships with fusd; serving it as root):
 more:
   fusd serve sensor.py:Sensor /tmp/devs            your file; back in the background once /tmp/devs/sensor is ready
   fusd serve -f sensor:Sensor /tmp/devs            module sensor from the current directory, in the foreground
+  fusd serve -d sensor.py:Sensor /tmp/devs         every request and reply printed as served (libfuse -d; implies -f)
+  fusd -v serve -f sensor.py:Sensor /tmp/devs      log mounts, devices and the negotiated protocol (-vv: more)
   fusd serve gps.py:Gps --arg rate=2 -o allow_other,ro --mode 0640 --gid dialout /tmp/devs
   fusd serve --transport cuse modem.py:make_modem  a /dev node made by a factory (root, a kernel with CUSE)
 
@@ -75,6 +77,8 @@ def build_parser() -> ArgumentParser:
                    help="auto: CUSE where /dev/cuse exists and we are root, else a FUSE directory")
     p.add_argument("--readers", type=int, help="reader threads (the same as -o readers=N)")
     p.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")
+    p.add_argument("-d", "--debug", action="store_true",
+                   help="print each request and its reply as served, libfuse -d style (implies -f; logger fusd.debug)")
     return p
 
 
@@ -147,6 +151,7 @@ class Plan:
         if args.readers is not None:
             self.options["readers"] = _positive(args.readers, "--readers")
         self.record = os.path.abspath(args.record) if args.record else None
+        self.debug = bool(getattr(args, "debug", False))
         self.transport = args.transport
         self.name = args.name
         self.factory, self.label = load_factory(args.device)
@@ -159,7 +164,7 @@ class Plan:
         if o.get("ro"):
             mount_options["read_only"] = True
         kwargs: Dict[str, Any] = {"mountpoint": self.mountpoint, "record": self.record, "readers": o.get("readers"),
-                                  "mount_options": mount_options}
+                                  "mount_options": mount_options, "debug": self.debug}
         if o.get("allow_other"):
             kwargs["allow_other"] = True
         if o.get("fsname"):
