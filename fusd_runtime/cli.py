@@ -96,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _passthrough("fusd_runtime.demo", rest)
         if cmd == "bench":
             return _passthrough("fusd_runtime.bench", rest)
+        if cmd == "replay":
+            return _passthrough("fusd_runtime.replay.command", rest)
         from fusd_wire.__main__ import main as wire_main
         return wire_main([cmd, *rest])
     args = parser.parse_args(argv)

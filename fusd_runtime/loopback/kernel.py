@@ -134,10 +134,10 @@ class Pending:
     """
 
     __slots__ = ("unique", "opcode", "fixed", "var_max", "event", "error", "payload", "interrupted",
-                 "describe", "internal", "abandoned", "sent")
+                 "describe", "internal", "abandoned", "sent", "raw")
 
     def __init__(self, unique: int, opcode: int, fixed: int, var_max: Optional[int], describe: str,
-                 internal: bool = False) -> None:
+                 internal: bool = False, raw: bool = False) -> None:
         self.unique = unique
         self.opcode = opcode
         self.fixed = fixed
@@ -150,6 +150,7 @@ class Pending:
         self.internal = internal
         self.abandoned = False
         self.sent = False
+        self.raw = raw  # sent by send_raw: its answer is taken as it comes (no shape check)
 
     def fits(self, n: int) -> bool:
         """Whether a successful reply body of ``n`` bytes is one ``copy_out_args`` accepts."""
@@ -208,6 +209,12 @@ class LoopbackKernel:
         self.late_replies: List[int] = []  # uniques answered after the kernel gave up on them
         self.notifications: List[Tuple[int, bytes]] = []  # (code, body) of every notification
         self.log: List[Tuple[str, bytes]] = []  # ("in" request | "out" reply/notification, message), in order
+        self.reply_pos: Dict[int, int] = {}  # unique -> position in log of its first reply
+        self.notes_count = 0
+        self.stop_mark: Optional[int] = None  # log position where stopping began
+        self.requeue_interrupts = True  # EAGAIN for an INTERRUPT sends it again (replay turns this off)
+        self._cond = threading.Condition()
+        self._own_replies: Set[int] = set()
         # negotiated state (INIT reply)
         self.minor = minor
         self.init_flags = 0
@@ -259,8 +266,12 @@ class LoopbackKernel:
         return device
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> LoopbackKernel:
-        """Start the session on a socketpair and negotiate INIT / CUSE_INIT."""
+    def start(self, negotiate: bool = True) -> LoopbackKernel:
+        """Start the session on a socketpair and negotiate INIT / CUSE_INIT.
+
+        ``negotiate=False`` (replay): the session starts but no INIT is sent; the
+        caller plays its own requests with :meth:`send_raw`, INIT first.
+        """
         if self.session is not None:
             return self
         if not self.devices:
@@ -277,7 +288,10 @@ class LoopbackKernel:
                                                      wake=self._wake, recorder=self.recorder,
                                                      errors=self.session_errors)
             self.session.start_readers()
-            self._init()
+            if negotiate:
+                self._init()
+            else:
+                self.connected = True
         except BaseException:
             self.stop()
             raise
@@ -366,6 +380,8 @@ class LoopbackKernel:
         if self._stopping:
             return
         self._stopping = True
+        with self._lock:
+            self.stop_mark = len(self.log)
         session = self.session
         try:
             if session is not None and session.threads:
@@ -491,12 +507,32 @@ class LoopbackKernel:
 
     def _on_message(self, data: bytes) -> None:
         n = len(data)
+        header = _OUT_HEADER.unpack_from(data) if n >= OUT_HEADER_SIZE else None
+        if header is not None and header[2] >= _OWN_UNIQUE:
+            with self._cond:
+                self._own_replies.add(header[2])  # the answer to a request of ours (barrier, wake-up)
+                self._cond.notify_all()
+            return
         with self._lock:
+            pos = len(self.log)
             self.log.append(("out", data))
-        if n < OUT_HEADER_SIZE:
+            if header is not None:
+                if header[2] == 0:
+                    self.notes_count += 1
+                else:
+                    self.reply_pos.setdefault(header[2], pos)
+        try:
+            self._dispatch(data, header)
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _dispatch(self, data: bytes, header: Optional[Tuple[int, int, int]]) -> None:
+        n = len(data)
+        if header is None:
             self._violation(f"a {n}-byte message (shorter than fuse_out_header)", errno.EINVAL, data)
             return
-        length, error, unique = _OUT_HEADER.unpack_from(data)
+        length, error, unique = header
         if length != n:
             self._violation(f"fuse_out_header.len {length} but the message has {n} bytes", errno.EINVAL, data)
             return
@@ -506,8 +542,6 @@ class LoopbackKernel:
         if error > 0 or error <= -ERRNO_LIMIT:
             self._violation(f"error {error} out of range for unique {unique}", errno.EINVAL, data)
             return
-        if unique >= _OWN_UNIQUE:
-            return  # the answer to a wake-up request of ours (the session is stopping)
         target = unique & ~FUSE_INT_REQ_BIT
         with self._lock:
             p = self._pending.get(target)
@@ -529,7 +563,7 @@ class LoopbackKernel:
                 self._violation(f"an INTERRUPT answer for unique {target} with a body", errno.EINVAL, data)
             elif error == -errno.ENOSYS:
                 self.no_interrupt = True
-            elif error == -errno.EAGAIN and not p.event.is_set():
+            elif error == -errno.EAGAIN and not p.event.is_set() and self.requeue_interrupts:
                 threading.Timer(0.001, self._requeue_interrupt, (p,)).start()
             return
         if error:
@@ -541,7 +575,7 @@ class LoopbackKernel:
                 p.finish(error)
             return
         body = data[OUT_HEADER_SIZE:]
-        if not p.internal and not p.fits(len(body)):
+        if not p.internal and not p.raw and not p.fits(len(body)):
             want = f"{p.fixed} bytes" if p.var_max is None else f"{p.fixed}..{p.fixed + p.var_max} bytes"
             self._violation(f"a {len(body)}-byte reply body to {p.describe}, which takes {want}", errno.EINVAL,
                             data)
@@ -633,6 +667,32 @@ class LoopbackKernel:
         """``poll(2)`` on several loopback files: the revents of each (see ``LoopbackFile.poll``)."""
         from .file import poll_files
         return poll_files(self, entries, timeout)
+
+    # ------------------------------------------------------------------ raw requests (replay)
+    def send_raw(self, data: bytes, reply: bool = True) -> None:
+        """Send a request as given (a captured one): its unique is kept; ``reply``: one is expected."""
+        if self.channel is None or self.channel.closed:
+            raise OSError(errno.ENOTCONN, "the loopback connection is not running")
+        _, opcode, unique = _IN_HEADER.unpack_from(data)[:3]
+        with self._lock:
+            if reply and not unique & FUSE_INT_REQ_BIT and unique not in self._pending:
+                self._pending[unique] = Pending(unique, opcode, 0, None, f"{C.opcode_name(opcode)} (raw)", raw=True)
+            self.log.append(("in", data))
+        self.channel.send(data)
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Wait until ``predicate()`` holds (checked after every message from the session)."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def barrier(self, timeout: float) -> bool:
+        """Send a request of our own and wait for its answer: with one reader, every request sent
+        before it has then been handled (its synchronous answers are in)."""
+        unique = next(self._own)
+        assert self.channel is not None
+        self.channel.send(_IN_HEADER.pack(IN_HEADER_SIZE, sessions.WAKE_OPCODE, unique, C.FUSE_ROOT_ID,
+                                          0, 0, 0, 0, 0))
+        return self.wait_for(lambda: unique in self._own_replies, timeout)
 
     def sent(self) -> List[Tuple[bytes, Any]]:
         """Every request sent so far, raw and decoded (``fusd_wire.Request``), in order."""
