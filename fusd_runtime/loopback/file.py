@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import select
 import stat
 import threading
@@ -61,6 +62,13 @@ _POLL_OUT = FAST.fuse_poll_out.struct
 ALWAYS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 DEFAULT_POLLMASK = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
 _ACCMODE = os.O_ACCMODE
+#: The kernel's O_LARGEFILE (``open(2)`` adds it on 64-bit, force_o_largefile); glibc's os.O_LARGEFILE is 0.
+O_LARGEFILE = {"aarch64": 0o400000, "arm64": 0o400000}.get(platform.machine(), 0o100000)
+
+
+def lock_owner(creds: Credentials) -> int:
+    """``fuse_lock_owner_id(fc, current->files)``: one scrambled id per process (here: per pid)."""
+    return (creds.pid * 0x9E3779B97F4A7C15 + 0x7F4A7C15) & 0xFFFFFFFFFFFFFFFF
 
 
 def _permitted(attrs: Tuple[int, int, int], flags: int, creds: Credentials) -> bool:
@@ -197,7 +205,9 @@ class LoopbackFile:
         out = bytearray()
         while count:
             n = min(count, nmax)
-            body = read_in.encode({"fh": self.fh, "offset": pos, "size": n, "flags": self.flags})
+            body = read_in.encode({"fh": self.fh, "offset": pos, "size": n, "flags": self.flags,
+                                   "read_flags": int(C.ReadFlags.FUSE_READ_LOCKOWNER),
+                                   "lock_owner": lock_owner(self.creds)})
             err, data = self.request(OP.FUSE_READ, body, fixed=0, var_max=n)
             if err:
                 if out:
@@ -232,11 +242,12 @@ class LoopbackFile:
         nmax = min(k.max_write, k.max_pages * 4096)
         write_in = k.codec.fast("fuse_write_in")
         kill = int(C.WriteFlags.FUSE_WRITE_KILL_SUIDGID) if self.creds.uid != 0 and k.minor >= 31 else 0
+        owner = {"write_flags": kill | int(C.WriteFlags.FUSE_WRITE_LOCKOWNER), "lock_owner": lock_owner(self.creds)}
         done = 0
         view = memoryview(data)
         while done < len(data):
             chunk = view[done:done + nmax]
-            rec = {"fh": self.fh, "offset": pos, "size": len(chunk), "write_flags": kill, "flags": self.flags}
+            rec = {"fh": self.fh, "offset": pos, "size": len(chunk), "flags": self.flags, **owner}
             if write_in.size == 24:  # FUSE_COMPAT_WRITE_IN_SIZE (< 7.9): no lock_owner/flags
                 rec = {"fh": self.fh, "offset": pos, "size": len(chunk), "write_flags": kill}
             err, out = self.request(OP.FUSE_WRITE, write_in.encode(rec) + bytes(chunk), fixed=_WRITE_OUT.size)
@@ -309,7 +320,8 @@ class LoopbackFile:
         flags = int(C.PollFlags.FUSE_POLL_SCHEDULE_NOTIFY) if schedule else 0
         if schedule:
             k.register_polled(self.kh)
-        body = k.codec.fast("fuse_poll_in").pack(self.fh, self.kh, flags, events)
+        # do_pollfd asks for POLLERR | POLLHUP along with the caller's events
+        body = k.codec.fast("fuse_poll_in").pack(self.fh, self.kh, flags, events | select.POLLERR | select.POLLHUP)
         err, out = self.request(OP.FUSE_POLL, body, fixed=_POLL_OUT.size)
         if err == -errno.ENOSYS:
             k.no_poll = True
@@ -352,7 +364,7 @@ class LoopbackFile:
         connected = k.connected
         if connected and not self._cuse and not k.no_flush and not k.no_open \
                 and not self._of.open_flags & FO.FOPEN_NOFLUSH:
-            body = k.codec.fast("fuse_flush_in").encode({"fh": self.fh, "lock_owner": id(self) & 0xFFFFFFFFFFFF})
+            body = k.codec.fast("fuse_flush_in").encode({"fh": self.fh, "lock_owner": lock_owner(self.creds)})
             try:
                 err, _ = self.request(OP.FUSE_FLUSH, body)
             except OSError as exc:
@@ -406,9 +418,10 @@ class LoopbackFile:
 
 # ---------------------------------------------------------------------- open
 def open_file(kernel: LoopbackKernel, name: str, flags: int, creds: Credentials) -> LoopbackFile:
-    """``open(2)`` of device ``name`` (see the module doc)."""
+    """``open(2)`` of device ``name`` (see the module doc); O_LARGEFILE is added as on a 64-bit kernel."""
     from .kernel import LoopbackError
 
+    flags |= O_LARGEFILE
     if kernel.transport == "cuse":
         if name and name not in kernel.devices and name != kernel.devname:
             raise LoopbackError(errno.ENOENT, f"no such device: {name!r} (this connection serves "

@@ -163,13 +163,6 @@ class Pending:
         self.event.set()
 
 
-def _client_thread_pending() -> Optional[Pending]:
-    return getattr(_in_flight, "pending", None)
-
-
-_in_flight = threading.local()  # the request the calling thread waits for (ClientCall.interrupt)
-
-
 class LoopbackKernel:
     """The kernel's end of one connection to a real session (see the module doc).
 
@@ -245,6 +238,8 @@ class LoopbackKernel:
         self._poll_generation = 0
         self._stopping = False
         self.open_files: Set[Any] = set()
+        #: thread id -> the request that thread waits for (what a signal to it would interrupt)
+        self.in_flight: Dict[int, Pending] = {}
 
     # ------------------------------------------------------------------ devices
     def add(self, device: Device, name: Optional[str] = None, *, mode: Optional[int] = None,
@@ -455,7 +450,8 @@ class LoopbackKernel:
         abandoned: :class:`LoopbackTimeout`.
         """
         limit = self.timeout if timeout is None else timeout
-        _in_flight.pending = p
+        tid = threading.get_ident()
+        self.in_flight[tid] = p
         try:
             if not p.event.wait(limit):
                 self.interrupt(p)
@@ -467,7 +463,7 @@ class LoopbackKernel:
                     raise LoopbackTimeout(f"{p.describe}: no answer within {limit:g} s (interrupted, then "
                                           "abandoned)", p.describe)
         finally:
-            _in_flight.pending = None
+            self.in_flight.pop(tid, None)
         return p.error, p.payload
 
     def call(self, opcode: int, nodeid: int, body: bytes, **kw: Any) -> Tuple[int, bytes]:
@@ -475,13 +471,17 @@ class LoopbackKernel:
         timeout = kw.pop("timeout", None)
         return self.wait(self.submit(opcode, nodeid, body, **kw), timeout)
 
+    def interrupt_thread(self, ident: int) -> bool:
+        """A signal to thread ``ident``: interrupt the request it waits for, if any."""
+        return self.interrupt(self.in_flight.get(ident)) if ident in self.in_flight else False
+
     def interrupt(self, p: Optional[Pending] = None) -> bool:
         """Send FUSE_INTERRUPT for ``p`` (default: the request this thread waits for).
 
         False when nothing was sent: no such request, already answered, or the
         session said interrupts are not implemented (ENOSYS).
         """
-        p = p if p is not None else _client_thread_pending()
+        p = p if p is not None else self.in_flight.get(threading.get_ident())
         if p is None or p.event.is_set() or self.no_interrupt or p.internal:
             return False
         p.interrupted = True
