@@ -419,8 +419,12 @@ class LoopbackKernel:
 
     # ------------------------------------------------------------------ requests
     def submit(self, opcode: int, nodeid: int, body: bytes, *, fixed: int = 0, var_max: Optional[int] = None,
-               creds: Optional[Credentials] = None, describe: str = "") -> Pending:
-        """Queue one request (a kernel ``fuse_simple_request`` before it waits)."""
+               creds: Optional[Credentials] = None, describe: str = "", track: bool = False) -> Pending:
+        """Queue one request (a kernel ``fuse_simple_request`` before it waits).
+
+        ``track``: this thread will wait for it; a signal to the thread (``interrupt_thread``)
+        interrupts it from the moment it is sent.
+        """
         if self.channel is None or self.channel.closed or self._stopping:
             raise OSError(errno.ENOTCONN, "the loopback connection is not running")
         if self.conn_error and opcode not in (OP.FUSE_INIT, OP.CUSE_INIT):
@@ -433,11 +437,15 @@ class LoopbackKernel:
         with self._lock:
             self._pending[unique] = p
             self.log.append(("in", data))
+        if track:
+            self.in_flight[threading.get_ident()] = p
         try:
             self.channel.send(data)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(unique, None)
+            if track:
+                self.in_flight.pop(threading.get_ident(), None)
             raise OSError(errno.ENOTCONN, f"cannot send {name}: {exc}") from None
         p.sent = True
         return p
@@ -469,7 +477,7 @@ class LoopbackKernel:
     def call(self, opcode: int, nodeid: int, body: bytes, **kw: Any) -> Tuple[int, bytes]:
         """``submit`` then ``wait``."""
         timeout = kw.pop("timeout", None)
-        return self.wait(self.submit(opcode, nodeid, body, **kw), timeout)
+        return self.wait(self.submit(opcode, nodeid, body, track=True, **kw), timeout)
 
     def interrupt_thread(self, ident: int) -> bool:
         """A signal to thread ``ident``: interrupt the request it waits for, if any."""
