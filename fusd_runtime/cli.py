@@ -5,6 +5,8 @@
     fusd bench                        per-syscall round-trip latency against the kernel floor
     fusd decode capture.pcapng        decode a protocol capture (same as python -m fusd_wire decode)
     fusd replay cap.pcapng --device mymod:MyDevice   replay a recording to a device, diff its replies
+    fusd record --proxy /dev/REAL --name NAME        serve a pass-through of a real device, record it
+    fusd emulate capture.pcapng                      serve a device that answers from a recording
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: subcommands that are modules of their own: name -> (module with main(argv), help)
+_COMMANDS = {
+    "record": ("fusd_runtime.cli_record", "serve a pass-through of a real device and record it (fusd record --help)"),
+    "emulate": ("fusd_runtime.cli_emulate", "serve a device that answers from a recording (fusd emulate --help)"),
+}
+
+
 def _passthrough(module: str, argv: List[str]) -> int:
     mod = importlib.import_module(module)
     return int(mod.main(argv) or 0)
@@ -83,6 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_parser("decode", help="decode a capture (fusd decode --help)", add_help=False)
     sub.add_parser("replay", help="replay a recording to a device class, diff its replies (fusd replay --help)",
                    add_help=False)
+    for cmd, (_, text) in _COMMANDS.items():
+        sub.add_parser(cmd, help=text, add_help=False)
 
     # demo/bench/decode/replay own their options: hand the rest of the line to them.
     verbose = False
@@ -90,6 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         verbose = True
         argv.pop(0)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    if argv and argv[0] in _COMMANDS:
+        return _passthrough(_COMMANDS[argv[0]][0], argv[1:])
     if argv and argv[0] in ("demo", "bench", "decode", "replay"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "demo":
