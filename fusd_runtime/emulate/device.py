@@ -220,15 +220,15 @@ class EmulatedDevice(Device):
         with self._lock:
             mask = POLLOUT | POLLWRNORM
             if cur.poll_pos < len(cur.polls):
-                op = cur.polls[cur.poll_pos]
+                recorded = cur.polls[cur.poll_pos]
                 cur.poll_pos += 1
-                mask = op.mask
-                if op.wake_t is not None:
-                    wake_in = max(0.0, op.wake_t - (time.monotonic() - cur.t0)) if self.timing else 0.0
-            op = cur.peek()
-            if cur.leftover or (op is not None and op.error != errno.EAGAIN and cur.due_in(op, self.timing) == 0):
+                mask = recorded.mask
+                if recorded.wake_t is not None:
+                    wake_in = max(0.0, recorded.wake_t - (time.monotonic() - cur.t0)) if self.timing else 0.0
+            nxt = cur.peek()
+            if cur.leftover or (nxt is not None and nxt.error != errno.EAGAIN and cur.due_in(nxt, self.timing) == 0):
                 mask |= POLLIN | POLLRDNORM
-            elif op is None and self.at_end == "eof":
+            elif nxt is None and self.at_end == "eof":
                 mask |= POLLIN | POLLRDNORM  # end of file is readable
             self._schedule(cur)
         if wake_in is not None:
