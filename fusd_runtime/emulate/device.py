@@ -44,7 +44,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..device import DEFER, POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM, Context, Device, ReplyHandle
-from ..ioctl import IoctlRetry, ioc_size
+from ..ioctl import IOC_WRITE, Arg, IoctlRetry, ioc_dir, ioc_size
 from .script import IOCTL, POLL, READ, WRITE, Op, OpenScript, Recording, ioctl_key
 
 #: errors a recording session caused itself, not the device: never replayed
@@ -100,6 +100,10 @@ class EmulatedDevice(Device):
         self.opened = 0
         self._index = recording.ioctl_index()
         self._lock = threading.RLock()
+        # _IOW numbers recorded without any bytes in take their argument by value (EVIOCGRAB): declared so,
+        # CUSE hands the value over instead of copying _IOC_SIZE bytes from it (an EFAULT for 1)
+        self.ioctls = {op.cmd: Arg(None) for ops in self._index.values() for op in ops
+                       if ioc_dir(op.cmd) == IOC_WRITE and not op.in_data and not op.data}
 
     # ------------------------------------------------------------------ open / release
     def open(self, ctx: Context) -> None:
@@ -252,8 +256,9 @@ class EmulatedDevice(Device):
         seen = self._index.get(key)
         return seen[-1] if seen else None
 
-    def ioctl(self, ctx: Context, cmd: int, arg: bytes, out_size: int) -> Any:
+    def ioctl(self, ctx: Context, cmd: int, arg: Any, out_size: int) -> Any:
         cur: _Cursor = ctx.state
+        arg = arg if isinstance(arg, (bytes, bytearray)) else b""  # None for a declared by-value number
         with self._lock:
             op = self._find(cur, cmd)
         if op is None:

@@ -5,7 +5,7 @@ versions 1.0-1.3): ``# EVEMU 1.3`` first, ``#`` comments anywhere (not in ``N:``
 
     N: <name>                                  I: <bustype> <vendor> <product> <version> (hex)
     P: <8 property bytes, hex>                 (repeated: the property bitmap)
-    B: <ev type> <8 bytes, hex>                (repeated per type: its code bitmap; type 0: the types)
+    B: <ev type> <8 bytes, hex>                (repeated per type: its code bitmap; 00: EV_SYN's codes)
     A: <abs code> <min> <max> <fuzz> <flat> [<resolution>]
     L: <led> <state>                           S: <switch> <state>
     E: <sec>.<usec> <type (hex)> <code (hex)> <value>
@@ -72,8 +72,15 @@ class Description:
             ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x06, len(raw)), data=raw, result=len(raw)))
         ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x09, max(len(self.props), 8)), data=self.props,
                       result=len(self.props)))
+        # "B: 00" lists EV_SYN's codes (evemu's write_mask); EVIOCGBIT(0) is the types: those with a code
+        types = bytearray(8)
+        for ev, bits in self.bits.items():
+            if any(bits) and ev // 8 < len(types):
+                types[ev // 8] |= 1 << (ev % 8)
+        ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x20, len(types)), data=bytes(types), result=len(types)))
         for ev, bits in sorted(self.bits.items()):
-            ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x20 + ev, len(bits)), data=bytes(bits), result=len(bits)))
+            if ev:
+                ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x20 + ev, len(bits)), data=bytes(bits), result=len(bits)))
         for code, info in sorted(self.absinfo.items()):
             ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x40 + code, INPUT_ABSINFO.size),
                           data=INPUT_ABSINFO.pack(0, *info)))
@@ -83,8 +90,7 @@ class Description:
                 if on and code // 8 < len(bitmap):
                     bitmap[code // 8] |= 1 << (code % 8)
             ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, nr, len(bitmap)), data=bytes(bitmap), result=len(bitmap)))
-        types = self.bits.get(0, bytearray())
-        if EV_REP // 8 < len(types) and types[EV_REP // 8] & (1 << (EV_REP % 8)):
+        if types[EV_REP // 8] & (1 << (EV_REP % 8)):
             ops.append(Op(IOCTL, cmd=_ioc(IOC_READ, 0x03, 8), data=struct.pack("<2I", 250, 33)))
         return ops
 

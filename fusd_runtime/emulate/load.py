@@ -50,10 +50,10 @@ def load_recording(paths: Union[str, Sequence[str]], name: Optional[str] = None,
     parts: List[Recording] = []
     umock = [p for p, k in zip(files, kinds) if k == "umockdev"]
     evemu = [p for p, k in zip(files, kinds) if k == "evemu"]
+    if umock:  # first: its @DEV line names the device
+        parts.append(from_umockdev(umock, name))
     if evemu:
         parts.append(from_evemu(evemu, name))
-    if umock:
-        parts.append(from_umockdev(umock, name))
     merged = OpenScript(flags=parts[0].opens[0].flags)
     for part in parts:  # ioctls of every file first (open-time queries), then reads/writes in order
         merged.ops += [op for op in part.opens[0].ops if op.kind == "ioctl"]

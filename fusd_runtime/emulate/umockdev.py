@@ -12,12 +12,15 @@ Formats (umockdev 0.17, ``src/ioctl_tree.c`` and ``docs/script-format.txt``):
   URB sequences (SUBMIT/REAP); those are not supported here: a clear error.
 - **script files** (``umockdev-record --script DEV=FILE``): ``r MS DATA`` (the
   client read DATA, MS milliseconds after the previous operation), ``w MS DATA``
-  (it wrote DATA), ``f PCT -`` (fuzz for later writes), ``Q`` (stop), ``#``.
+  (it wrote DATA), ``f PCT -`` (fuzz for later writes), ``d 0 PATH`` (the
+  device, written by umockdev-record 0.17 though not in the format document),
+  ``Q`` (stop), ``#``.
   DATA escapes bytes <= 32 and ``^`` as ``^`` + chr(b + 64) (``^@`` is 0, ``^J``
   newline, ``^``` is ``^``).
 
 Both describe one open of one device: the result is a Recording with one
-OpenScript (every emulated open plays it from its start).
+OpenScript (every emulated open plays it from its start).  As umockdev does
+(``I_NOSTATE``), EVIOCGRAB succeeds whether it was recorded or not.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def parse_script_file(raw: bytes, source: str = "") -> List[Op]:
         if kind == b"Q":
             break
         value, _, data = rest.partition(b" ")
-        if kind == b"f":
+        if kind in (b"f", b"d"):  # fuzz; the device's path (umockdev-record writes "d 0 /dev/...")
             continue
         if kind not in (b"r", b"w"):
             raise RecordingError(f"{source}:{no}: unknown umockdev script operation {kind[:10]!r}")
@@ -134,6 +137,9 @@ def from_umockdev(paths: List[str], name: Optional[str] = None) -> Recording:
         else:
             ops = parse_script_file(raw, path)
         script.ops.extend(ops)
+    grab = _ioc(W, _E, 0x90, 4)
+    if not any(op.kind == IOCTL and op.cmd == grab for op in script.ops):
+        script.ops.append(Op(IOCTL, cmd=grab))  # umockdev answers EVIOCGRAB success, recorded or not (I_NOSTATE)
     default = os.path.basename(dev) if dev else os.path.splitext(os.path.basename(paths[0]))[0]
     return Recording(name=name or default, opens=[script], transport="cuse", source=", ".join(paths))
 
@@ -152,7 +158,7 @@ def is_script_file(raw: bytes) -> bool:
     for line in raw.split(b"\n"):
         if not line or line.startswith(b"#"):
             continue
-        return re.match(rb"^[rwf] -?\d+ ", line) is not None or line.startswith(b"Q")
+        return re.match(rb"^[rwfd] -?\d+ ", line) is not None or line.startswith(b"Q")
     return False
 
 
