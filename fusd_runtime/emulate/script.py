@@ -54,6 +54,7 @@ class Op:
     wake_t: Optional[float] = None  # poll: when the device sent its waiter a wakeup (NOTIFY_POLL), if it did
 
     def describe(self) -> str:
+        """One line for messages."""
         if self.kind == IOCTL:
             return f"ioctl {self.cmd:#x} -> {self.result if not self.error else -self.error}, {len(self.data)} bytes"
         what = f"{len(self.data)} bytes" if not self.error else f"errno {self.error}"
@@ -69,6 +70,7 @@ class OpenScript:
     ops: List[Op] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
+        """How many operations of ``kind`` (READ, WRITE, IOCTL, POLL) this open has."""
         return sum(op.kind == kind for op in self.ops)
 
 
@@ -92,6 +94,7 @@ class Recording:
         return index
 
     def summary(self) -> str:
+        """``NAME: N open(s); N reads, ... (from SOURCE)``."""
         ops = [op for s in self.opens for op in s.ops]
         kinds = ", ".join(f"{sum(op.kind == k for op in ops)} {k}s" for k in (READ, WRITE, IOCTL, POLL))
         return f"{self.name}: {len(self.opens)} open(s); {kinds} (from {self.source or 'memory'})"

@@ -645,6 +645,7 @@ class LoopbackKernel:
             return woken
 
     def unregister_polled(self, kh: int) -> None:
+        """The file is released (``fuse_prepare_release`` takes it off ``polled_files``)."""
         with self._poll_cond:
             self._polled.pop(kh, None)
 
@@ -660,6 +661,7 @@ class LoopbackKernel:
 
     @property
     def poll_generation(self) -> int:
+        """A counter of poll wakeups (``wait_wakeup`` waits for it to move)."""
         with self._poll_cond:
             return self._poll_generation
 

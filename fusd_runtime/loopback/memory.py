@@ -37,6 +37,7 @@ class Region:
         self.data = data
 
     def __len__(self) -> int:
+        """The buffer's size."""
         return len(self.data)
 
     def read(self) -> bytes:

@@ -20,7 +20,12 @@ from fusd_wire.errors import WireError
 from .plan import ConnInfo, Step
 
 OP = C.fuse_opcode
-SAME, DIFFERS, MISSING = "same", "differs", "missing"
+#: an outcome: the replayed reply (and notifications) equal the captured ones
+SAME = "same"
+#: an outcome: a field, the error, a notification or the presence of a reply differs
+DIFFERS = "differs"
+#: an outcome: the capture has a reply, the replayed device never sent one
+MISSING = "missing"
 
 
 # ---------------------------------------------------------------------- results
@@ -55,17 +60,21 @@ class ReplayResult:
     errors: List[BaseException] = field(default_factory=list)
 
     def count(self, result: str) -> int:
+        """How many reported outcomes are ``result`` (SAME, DIFFERS, MISSING)."""
         return sum(o.result == result for o in self.reported)
 
     @property
     def reported(self) -> List[Outcome]:
+        """The outcomes selected for the report (``--opcode``); all are played."""
         return [o for o in self.outcomes if o.step.reported]
 
     @property
     def ok(self) -> bool:
+        """True when every reported outcome is SAME."""
         return all(o.result == SAME for o in self.reported)
 
     def summary(self) -> str:
+        """``N requests, N same, N differ, N missing``."""
         return (f"{len(self.reported)} requests, {self.count(SAME)} same, {self.count(DIFFERS)} differ, "
                 f"{self.count(MISSING)} missing")
 

@@ -69,10 +69,12 @@ class Step:
 
     @property
     def unique(self) -> int:
+        """The captured request's unique (kept in the replay)."""
         return self.request.message.header.unique  # type: ignore[union-attr]
 
     @property
     def opcode(self) -> int:
+        """The captured request's opcode."""
         return self.request.message.header.opcode  # type: ignore[union-attr]
 
 
@@ -89,6 +91,7 @@ class ConnInfo:
     devname: Optional[str] = None  # CUSE: DEVNAME of the CUSE_INIT reply
 
     def describe(self) -> str:
+        """One line for messages: the connection, its kind and its devices."""
         what = f"device {self.devname}" if self.kind == "cuse" else \
             "devices " + (", ".join(self.opened) if self.opened else "(none opened)")
         return f"connection {self.id} ({self.connection.name}, {self.kind}): {what}"

@@ -80,6 +80,7 @@ class Replayer:
         self.kernel: Optional[LoopbackKernel] = None
 
     def run(self) -> List[Outcome]:
+        """Play every step on a fresh loopback kernel and session; the outcomes, in step order."""
         kernel = LoopbackKernel(self.info.kind, timeout=self.timeout, recorder=self.recorder)
         kernel.requeue_interrupts = False  # play exactly the captured INTERRUPTs
         kernel.add(self.device, self.name)

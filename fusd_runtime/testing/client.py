@@ -57,6 +57,7 @@ class Buffer:
         return ctypes.addressof(self._buf)
 
     def __len__(self) -> int:
+        """The buffer's size."""
         return self.size
 
     def read(self) -> bytes:
@@ -120,40 +121,52 @@ class DeviceFile:
     name = ""
 
     def read(self, size: int) -> bytes:
+        """``read(2)``: at most ``size`` bytes."""
         raise NotImplementedError
 
     def write(self, data: BytesLike) -> int:
+        """``write(2)``: the bytes taken."""
         raise NotImplementedError
 
     def pread(self, size: int, offset: int) -> bytes:
+        """``pread(2)``."""
         raise NotImplementedError
 
     def pwrite(self, data: BytesLike, offset: int) -> int:
+        """``pwrite(2)``."""
         raise NotImplementedError
 
     def lseek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """``lseek(2)``: the new position."""
         raise NotImplementedError
 
     def ioctl(self, cmd: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+        """``fcntl.ioctl`` rules; a Buffer/Region argument passes its address."""
         raise NotImplementedError
 
     def poll(self, events: int = select.POLLIN | select.POLLOUT, timeout: Optional[float] = None) -> int:
+        """``poll(2)`` on this file: the revents (0 after ``timeout`` seconds; None waits)."""
         raise NotImplementedError
 
     def fsync(self) -> None:
+        """``fsync(2)``."""
         raise NotImplementedError
 
     def set_blocking(self, blocking: bool) -> None:
+        """Clear or set O_NONBLOCK (``fcntl(F_SETFL)``)."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """``close(2)``; EBADF if already closed."""
         raise NotImplementedError
 
     def start_read(self, size: int) -> Call:
+        """A blocking read in a helper thread: a :class:`Call` to interrupt or wait for."""
         raise NotImplementedError
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` was called."""
         raise NotImplementedError
 
     def __enter__(self) -> DeviceFile:
