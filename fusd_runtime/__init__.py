@@ -6,8 +6,11 @@
   ``open_server(transport="auto")`` picks CUSE where ``cuse_available()``.
 - ``ioctl``/``Arg``/``Pointer``/``Flex``: declared ioctl arguments (``ioctl.py``).
 - ``fusd``: the FUSD-compatible procedural API (``register``/``unregister``/``fusd_return``).
+- ``DeviceError``/``DeviceWarning``: device mistakes found when a device is added (``checks.py``).
+- ``MountError``: mounting failed; ``mount.Mount`` is the mount itself (identity, ``abort()``).
 """
 
+from .checks import DeviceError, DeviceWarning
 from .cuse import CuseServer, cuse_available, open_server
 from .device import (
     DEFAULT_POLLMASK,
@@ -29,6 +32,6 @@ from .server import Server
 
 __all__ = [
     "DEFAULT_POLLMASK", "DEFER", "POLLERR", "POLLHUP", "POLLIN", "POLLOUT", "POLLPRI", "POLLRDNORM", "POLLWRNORM",
-    "Context", "Device", "MountError", "ReplyHandle", "Server",
+    "Context", "Device", "DeviceError", "DeviceWarning", "MountError", "ReplyHandle", "Server",
     "CuseServer", "cuse_available", "open_server", "IN", "INOUT", "OUT", "Arg", "Flex", "Pointer", "ioctl",
 ]

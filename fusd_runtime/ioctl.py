@@ -301,7 +301,12 @@ def ioctl(cmd: int, schema: Optional[cs.Construct] = None, direction: Optional[s
 
     ::
 
-        rtc_time = cs.Struct("tm_sec" / cs.Int32sl, ...)            # struct rtc_time
+        import construct as cs
+        from fusd_runtime import Device, ioctl
+        from fusd_runtime.ioctl import IOR
+
+        rtc_time = cs.Struct(*(name / cs.Int32sl for name in (         # struct rtc_time
+            "tm_sec", "tm_min", "tm_hour", "tm_mday", "tm_mon", "tm_year", "tm_wday", "tm_yday", "tm_isdst")))
         RTC_RD_TIME = IOR("p", 9, rtc_time.sizeof())
 
         class Rtc(Device):

@@ -61,6 +61,7 @@ from fusd_wire import FAST, Codec
 from fusd_wire import constants as C
 
 from ..device import Device
+from ..loop import EventLoop
 from . import sessions
 from .channel import Channel
 from .memory import Memory
@@ -225,6 +226,8 @@ class LoopbackKernel:
         self.attrs: Dict[str, Dict[str, int]] = {}
         self.session: Any = None
         self.channel: Optional[Channel] = None
+        self.events: Optional[EventLoop] = None
+        self.end_reason: Optional[str] = None
         # requests
         self._lock = threading.Lock()
         self._pending: Dict[int, Pending] = {}
@@ -272,16 +275,19 @@ class LoopbackKernel:
         if not self.devices:
             raise LoopbackError(errno.ENODEV, "no device added")
         self.channel = Channel(self._on_message, self._on_eof)
+        self.events = EventLoop()  # the session's timers and async callbacks run here, as in a server
+        self.events.start_thread()
         try:
             if self.transport == "cuse":
                 (name, device), = self.devices.items()
                 self.session = sessions.cuse_session(self.channel.daemon_fd, device, name, wake=self._wake,
                                                      recorder=self.recorder, errors=self.session_errors,
-                                                     readers=self.readers)
+                                                     readers=self.readers, loop=self.events, on_end=self._ended)
             else:
                 self.session = sessions.fuse_session(self.channel.daemon_fd, self.devices, self.attrs,
                                                      wake=self._wake, recorder=self.recorder,
-                                                     errors=self.session_errors)
+                                                     errors=self.session_errors, loop=self.events,
+                                                     on_end=self._ended)
             self.session.start_readers()
             if negotiate:
                 self._init()
@@ -389,7 +395,15 @@ class LoopbackKernel:
             if self.channel is not None:
                 self.channel.close()  # the receiver drains what the session wrote before it stopped
             self._abort_pending(errno.ECONNABORTED)
+            if self.events is not None:
+                self.events.stop()
             sessions.detach(list(self.devices.values()))
+
+    def _ended(self, session: Any, reason: str, exc: Optional[BaseException]) -> None:
+        """The session's ``on_end``: a callback raised SystemExit/KeyboardInterrupt, or the channel ended."""
+        self.end_reason = reason
+        if exc is not None:
+            self.session_errors.append(exc)
 
     def _abort_pending(self, err: int) -> None:
         with self._lock:

@@ -1,7 +1,19 @@
 """Replay: play the kernel's side of a capture to a device on the loopback kernel and diff its replies.
 
+    import io
+    from fusd_runtime.examples import PipeDevice
+    from fusd_runtime.loopback import LoopbackKernel
     from fusd_runtime.replay import replay
-    result = replay("session.pcapng", MyDevice())      # or: fusd replay session.pcapng --device mod:MyDevice
+    from fusd_wire.trace import Recorder
+
+    capture = io.BytesIO()                       # or a file: Server(record="s.pcapng"), fusd serve --record
+    with Recorder(capture) as rec, LoopbackKernel("fuse", recorder=rec) as kernel:
+        kernel.add(PipeDevice(), "pipe")
+        kernel.start()
+        with kernel.open("pipe") as f:
+            f.write(b"hi")
+            assert f.read(2) == b"hi"
+    result = replay(capture.getvalue(), PipeDevice(), name="pipe")   # fusd replay s.pcapng --device m:C
     assert result.ok, result.summary()
 
 - ``plan``: which captured requests are played, in which order, what to wait for.

@@ -1,6 +1,6 @@
 """The CUSE tier's fixtures: one CuseServer per module (the guest is slow), unique node names.
 
-Runs only where /dev/cuse exists (the qemu guest of ../shared/cusevm); every
+Runs only where /dev/cuse exists (the project runs it in a qemu guest: docs/contributing.md); every
 module skips cleanly elsewhere.  Clients are real: this process (other threads
 are the server's readers), shell tools, and fresh interpreters started with
 ``-S`` (no site import: ~10x slower startup in the guest is the tier's main cost).
@@ -20,7 +20,7 @@ from conftest import wait_for as _wait_for
 from fusd_runtime.cuse import CuseServer, cuse_available
 
 needs_cuse = pytest.mark.skipif(not cuse_available(),
-                                reason="needs /dev/cuse and root (CUSE tier: run in ../shared/cusevm's qemu guest)")
+                                reason="needs /dev/cuse and root (the CUSE tier: docs/contributing.md)")
 _names = itertools.count()
 
 

@@ -17,6 +17,8 @@ import errno
 import sys
 from typing import List, Optional
 
+from ..cli import ArgumentParser, CliError
+
 
 def _errno(text: str) -> int:
     if text.isdigit():
@@ -27,9 +29,9 @@ def _errno(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fusd emulate", formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="fusd emulate",
         description="Serve a device that answers new clients from a recording: a fusd capture (fusd record "
                     "--proxy, --record), umockdev ioctl/script files, or evemu files.",
         epilog="example:\n  fusd emulate kbd.pcapng --transport fuse --mountpoint /tmp/devs &\n"
@@ -55,21 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """``fusd emulate``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .cuse import open_server
-    from .emulate import EmulatedDevice, RecordingError, load_recording
+    from ..cuse import open_server
+    from ..emulate import EmulatedDevice, RecordingError, load_recording
 
     try:
         recording = load_recording(args.recording, args.name, connection=args.connection)
         device = EmulatedDevice(recording, mismatch_errno=args.mismatch_errno, timing=args.timing,
                                 at_end=args.at_end, opens=args.opens)
     except (RecordingError, ValueError) as exc:
-        print(f"fusd emulate: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     try:
         server = open_server(args.transport, mountpoint=args.mountpoint, record=args.record)
     except RuntimeError as exc:
-        print(f"fusd emulate: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     name = args.serve_as or recording.name
     server.add(device, name)
 

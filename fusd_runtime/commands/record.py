@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from ..cli import ArgumentParser, CliError
+
 
 def _size(text: str) -> Tuple[int, Optional[Tuple[int, int]]]:
     cmd, _, sizes = text.partition("=")
@@ -31,9 +33,9 @@ def _size(text: str) -> Tuple[int, Optional[Tuple[int, int]]]:
             from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fusd record", formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="fusd record",
         description="Serve a pass-through device that forwards every call to a real device file, and record "
                     "the session to a pcapng capture (for fusd emulate, fusd decode, fusd replay).",
         epilog="example:\n  fusd record --proxy /dev/rtc0 --name rtc -o rtc.pcapng &\n"
@@ -53,25 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """``fusd record``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .cuse import open_server
-    from .proxy import ProxyDevice
+    from ..cuse import open_server
+    from ..proxy import ProxyDevice
 
     if not os.path.exists(args.proxy):
-        print(f"fusd record: {args.proxy}: no such device", file=sys.stderr)
-        return 2
+        raise CliError(f"{args.proxy}: no such device")
     try:
         os.close(os.open(args.proxy, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
     except OSError as exc:
-        print(f"fusd record: cannot open {args.proxy}: {exc.strerror}", file=sys.stderr)
-        return 2
+        raise CliError(f"cannot open {args.proxy}: {exc.strerror}") from None
     output = args.output or f"{args.name}.pcapng"
     sizes: Dict[int, Optional[Tuple[int, int]]] = dict(args.ioctl_size)
     device = ProxyDevice(args.proxy, sizes=sizes)
     try:
         server = open_server(args.transport, mountpoint=args.mountpoint, record=output)
     except RuntimeError as exc:
-        print(f"fusd record: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from None
     server.add(device, args.name, mode=os.stat(args.proxy).st_mode & 0o777 or 0o666)
 
     def ready() -> None:
