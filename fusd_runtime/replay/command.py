@@ -156,9 +156,11 @@ def run_replay(args: Any, parser: Any, out: Any = None, err: Any = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fusd replay`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="fusd replay", formatter_class=argparse.RawDescriptionHelpFormatter,
+    """The ``fusd replay`` argument parser (one-line usage errors, exit 2: ``cli.ArgumentParser``)."""
+    from ..cli import ArgumentParser
+
+    p = ArgumentParser(
+        prog="fusd replay",
         description="Feed the kernel's requests of one recorded connection to a fresh instance of a device class, "
                     "served by the real fusd runtime on the loopback kernel (a socketpair: no root, no /dev/fuse), "
                     "and compare its replies with the captured ones. Exit 0: all the same; 1: differences or "
