@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import shutil
 import struct
@@ -185,6 +186,7 @@ def test_mailbox(fusd_device, fusd_backend):
 
 def test_fails_with_a_trace(fusd_device):
     dev = fusd_device(Mailbox(), "mailbox")
+    print("mountpoint", dev.mountpoint)
     with dev.open(os.O_RDWR) as f:
         f.write(b"LETTER-FOR-THE-TRACE")
         assert f.read(100) == b"something else"
@@ -257,10 +259,12 @@ def test_the_loopback_runs_as_nobody_without_dev_fuse() -> None:
 def test_teardown_after_a_failure_leaves_no_mount(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("needs a real FUSE mount")
-    before = open("/proc/mounts").read().count("fusd")
     proc = run_pytest(tmp_path, "--fusd-backend=kernel", "-k", "fails")
     assert proc.returncode == 1 and "fusd protocol: mailbox (kernel-fuse, call)" in proc.stdout
-    assert open("/proc/mounts").read().count("fusd") == before
+    (mountpoint,) = re.findall(r"^mountpoint (\S+)$", proc.stdout, re.M)
+    with open("/proc/mounts") as f:
+        assert mountpoint not in [line.split()[1] for line in f]  # the failing test's mount is gone
+    assert not os.path.exists(mountpoint)  # and its temporary directory
 
 
 def test_serve_without_pytest() -> None:
