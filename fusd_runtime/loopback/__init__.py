@@ -1,9 +1,11 @@
 """The loopback kernel: test a device through the real session with no kernel, no root, no /dev/fuse.
 
 - ``LoopbackKernel`` (``kernel.py``): the kernel's side of one FUSE or CUSE
-  connection over a SOCK_SEQPACKET socketpair, with the kernel's rules.
-- ``LoopbackFile`` (``file.py``): an open file's system calls (read, write,
-  ioctl with pointer chasing, poll with notifications, fsync, close).
+  connection over a SOCK_SEQPACKET socketpair, with the kernel's rules; what the
+  session writes is checked in ``incoming.py``; ``requests.py`` holds the types.
+- ``LoopbackFile`` (``file.py``, ``opening.py``, ``ioctl.py``): an open file's system
+  calls (open, read, write, ioctl with pointer chasing, poll with notifications,
+  fsync, close).
 - ``Memory``/``Region`` (``memory.py``): the caller's buffers ioctls copy from and to.
 - ``Channel`` (``channel.py``): the socketpair itself (replay uses it too).
 
