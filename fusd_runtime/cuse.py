@@ -92,7 +92,6 @@ class CuseSession(Session):
         self.dev_major, self.dev_minor = dev_major, dev_minor
         self.max_read = max_read
         self.kernel_minor = 0
-        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY answers sent (observability; the tests count rounds)
         self.handlers[C.fuse_opcode.CUSE_INIT] = self._op_cuse_init
         if device.seekable:
             # the kernel sends offset 0 on CUSE (a stream): keep each open file's position here
@@ -216,13 +215,12 @@ class CuseSession(Session):
             retry = emulate_restricted(cmd, arg, data, out_size)
             if retry is None:
                 return ctx.device.ioctl(ctx, cmd, data, out_size)
-            self.ioctl_retries += 1
             return retry
-        if flags & _COMPAT and spec.arg.chases:
-            raise OSError(errno.EINVAL, "pointer arguments from 32-bit callers are not supported")
+        if flags & _COMPAT and spec.refuses_compat:
+            raise OSError(errno.EINVAL, "a 32-bit caller would lay this argument out differently (pointers, "
+                                        "long, 8-byte alignment): not served")
         plan = plan_unrestricted(spec, arg, data, out_size)
         if plan.retry is not None:
-            self.ioctl_retries += 1
             return plan.retry
         return self.finish_declared(ctx, spec, plan.value, out_size, unrestricted_encoder(plan))
 

@@ -148,6 +148,7 @@ class Replies(SessionState):
             self.send(chan, [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)])
             return
         if result.__class__ is IoctlRetry:
+            self.ioctl_retries += 1  # every round, the planner's and a raw device's own
             iovs = [self._pack_ioctl_iovec(base, n) for base, n in result.in_iovs + result.out_iovs]
             self.send(chan, [self._pack_ioctl_reply(32 + 16 * len(iovs), 0, unique, 0, _IOCTL_RETRY,
                                                     len(result.in_iovs), len(result.out_iovs)), *iovs])

@@ -13,6 +13,7 @@ namespace, so nothing a block does can outlive it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -66,10 +67,34 @@ def _fuse_mounts() -> dict:
     return out
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND = 4096
+
+
+def _private_tmp(workdir: str) -> None:
+    """A fresh tmpfs on /tmp, keeping what the block needs from the old one (a venv or checkout under /tmp).
+
+    CI's venv lives in /tmp: hiding it would hide the interpreter and ``fusd``.
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keep = sorted({p for p in (os.path.realpath(sys.prefix), os.path.realpath(here), os.path.realpath(workdir))
+                   if p.startswith("/tmp/")})
+    old = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "fusd-docs-tmp", "/tmp"], check=True)
+        for path in keep:  # mount(2) itself: mount(8) would canonicalize the /proc/self/fd path to the new /tmp
+            os.makedirs(path, exist_ok=True)
+            source = f"/proc/self/fd/{old}/{os.path.relpath(path, '/tmp')}".encode()
+            if _libc.mount(source, path.encode(), None, MS_BIND, None) != 0:
+                raise OSError(ctypes.get_errno(), f"bind {path} into the private /tmp")
+    finally:
+        os.close(old)
+
+
 def main(argv: list) -> int:
     workdir, timeout, result_path, lang, script = argv
     before = _fuse_mounts()  # the machine's own, copied into our namespace: not the block's
-    subprocess.run(["mount", "-t", "tmpfs", "fusd-docs-tmp", "/tmp"], check=True)
+    _private_tmp(workdir)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("PYTHONSAFEPATH", None)
     cmd = [sys.executable, script] if lang == "python" else ["bash", "-e", "-o", "pipefail", script]

@@ -398,9 +398,16 @@ def test_server_abort_frees_clients_and_stops_the_server(no_leftover_mounts) -> 
     server.start()
     try:
         server.add(stuck, "stuck")
-        blocked = subprocess.Popen([sys.executable, "-c", "import errno,os,sys; fd=os.open(sys.argv[1], os.O_RDONLY)\n"
-                                    "try:\n    os.read(fd, 10)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])",
-                                    server.path("stuck")], stdout=subprocess.PIPE, text=True)
+        code = textwrap.dedent("""
+            import errno, os, sys
+            fd = os.open(sys.argv[1], os.O_RDONLY)
+            try:
+                os.read(fd, 10)
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+        """)
+        blocked = subprocess.Popen([sys.executable, "-c", code, server.path("stuck")], stdout=subprocess.PIPE,
+                                   text=True)
         assert stuck.inside.wait(20)
         server.abort()  # the operator's way out for clients stuck on a server that stopped answering
         assert blocked.communicate(timeout=20)[0].strip() == "ECONNABORTED"

@@ -36,12 +36,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "docs", "api.md")
 
 #: Packages documented by their ``__all__``.
-PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.loopback", "fusd_runtime.testing",
-            "fusd_runtime.replay", "fusd_runtime.emulate")
+PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.ioctl", "fusd_runtime.loopback",
+            "fusd_runtime.testing", "fusd_runtime.replay", "fusd_runtime.emulate")
 #: Modules whose public classes and functions are documented (all of them, not only ``__all__``).
 MODULES = (
-    "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl", "fusd_runtime.fusd",
-    "fusd_runtime.mount", "fusd_runtime.checks",
+    "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl.numbers",
+    "fusd_runtime.ioctl.schema", "fusd_runtime.ioctl.clayout",
+    "fusd_runtime.ioctl.record", "fusd_runtime.ioctl.codec", "fusd_runtime.ioctl.declare",
+    "fusd_runtime.ioctl.restricted", "fusd_runtime.ioctl.retry", "fusd_runtime.ioctl.walk",
+    "fusd_runtime.fusd", "fusd_runtime.mount", "fusd_runtime.checks",
     "fusd_wire.codec", "fusd_wire.constants", "fusd_wire.fastpath", "fusd_wire.errors",
 )
 
