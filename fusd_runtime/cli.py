@@ -6,6 +6,8 @@
     fusd bench                               per-syscall round-trip latency against the kernel floor
     fusd decode capture.pcapng               decode a protocol capture (python -m fusd_wire decode)
     fusd replay cap.pcapng --device mod:Cls  replay a recording to a device, diff its replies
+    fusd record --proxy /dev/ttyUSB0 --name modem   record a real device through a pass-through proxy
+    fusd emulate modem.pcapng                serve a device that answers from a recording
 
 A subcommand is a function ``main(argv) -> exit status`` in its own module, added
 to ``COMMANDS`` with one line.  It parses its options with :class:`ArgumentParser`
@@ -36,7 +38,9 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("fusd_runtime.demo:main", "start example devices and drive them with real system calls"),
     "bench": ("fusd_runtime.bench:main", "per-syscall round-trip latency: fusd bench --quick"),
     "decode": ("fusd_runtime.cli:decode", "decode a capture: fusd decode session.pcapng"),
-    "replay": ("fusd_runtime.cli:replay", "replay a recording to a device: fusd replay cap.pcapng --device m:C"),
+    "replay": ("fusd_runtime.replay.command:main", "replay a recording to a device: fusd replay c.pcapng --device m:C"),
+    "record": ("fusd_runtime.commands.record:main", "record a real device: fusd record --proxy /dev/rtc0 --name rtc"),
+    "emulate": ("fusd_runtime.commands.emulate:main", "serve a device from a recording: fusd emulate rtc.pcapng"),
 }
 
 
@@ -69,12 +73,6 @@ def decode(argv: List[str]) -> int:
     """``fusd decode`` is ``python -m fusd_wire decode``."""
     from fusd_wire.__main__ import main as wire_main
     return wire_main(["decode", *argv])
-
-
-def replay(argv: List[str]) -> int:
-    """``fusd replay`` is ``python -m fusd_wire replay``."""
-    from fusd_wire.__main__ import main as wire_main
-    return wire_main(["replay", *argv])
 
 
 def _usage() -> str:

@@ -142,6 +142,8 @@ class Session(ReaderLoop):
         self._unpack_read_in = fast("fuse_read_in").unpack_from
         self._write_in_size = fast("fuse_write_in").size
         self._unpack_write_in = fast("fuse_write_in").unpack_from
+        if len(fast("fuse_write_in").fields) < 7:  # < 7.9: the 24-byte compat struct, no lock_owner/flags
+            self._unpack_write_in = lambda buf, off, _u=self._unpack_write_in: _u(buf, off) + (0, 0, 0)
         self._unpack_open_in = fast("fuse_open_in").unpack_from
         self._unpack_release_in = fast("fuse_release_in").unpack_from
         self._unpack_flush_in = fast("fuse_flush_in").unpack_from

@@ -3,8 +3,10 @@
 Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
     tap -o CAP MNT -- DAEMON ARGS   record a libfuse 2/3 daemon's traffic live (root)
-    replay FILE --device mod:Class  play a recording to a device, diff its replies with the captured ones
     wireshark [-o FILE | --install] the Wireshark dissector (Lua) for our captures, generated from the opcode table
+
+``replay`` moved to the runtime (it runs a device): ``fusd replay FILE --device mod:Class``
+(``python -m fusd_runtime replay``); ``python -m fusd_wire replay`` says so and exits 2.
 """
 
 from __future__ import annotations
@@ -18,14 +20,10 @@ DECODE_EXAMPLE = """example:
   fusd serve --record /tmp/s.pcapng -f fusd_runtime.examples:Hello /tmp/devs   (cat /tmp/devs/hello, Ctrl-C)
   python -m fusd_wire decode /tmp/s.pcapng --stats      per-opcode counts and latencies
 """
-REPLAY_EXAMPLE = """example:
-  python -m fusd_wire replay /tmp/s.pcapng --device fusd_runtime.examples:Hello   (a capture as in decode --help)
-"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace.command import add_decode_arguments
-    from .trace.replay import add_replay_arguments
 
     parser = argparse.ArgumentParser(prog="python -m fusd_wire", description="FUSE/CUSE wire protocol tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -50,13 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("mountpoint")
     tap.add_argument("daemon", nargs=argparse.REMAINDER, help="-- DAEMON ARGS...")
     tap.set_defaults(run=_tap, parser_=tap)
-    rep = sub.add_parser("replay", help="play a capture's requests to a device class and diff its replies",
-                         description="Feed the kernel's requests of one recorded connection to a fresh instance "
-                                     "of a device class, served by the real fusd runtime on a socketpair, and "
-                                     "compare its replies with the captured ones. Exit 0: all the same; 1: "
-                                     "differences or missing replies; 2: cannot replay.",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPLAY_EXAMPLE)
-    add_replay_arguments(rep)
+    rep = sub.add_parser("replay", help="moved: use `fusd replay` (python -m fusd_runtime replay)", add_help=False)
+    rep.add_argument("rest", nargs=argparse.REMAINDER)
     rep.set_defaults(run=_replay, parser_=rep)
     ws = sub.add_parser("wireshark", help="print the Wireshark dissector (Lua) for our pcapng captures",
                         description="Generate the FUSE/CUSE dissector from the opcode table. Example: "
@@ -80,9 +73,14 @@ def _decode(args: argparse.Namespace) -> int:
     return run_decode(args, args.parser_)
 
 
+#: ``replay`` runs a device, so it lives in the runtime; fusd_wire imports nothing of it.
+REPLAY_MOVED = ("python -m fusd_wire replay: replay moved to the runtime, which serves the device it plays to:\n"
+                "    fusd replay {args}\n(or python -m fusd_runtime replay ...; see docs/traces.md, \"Replay\")")
+
+
 def _replay(args: argparse.Namespace) -> int:
-    from .trace.replay import run_replay
-    return run_replay(args, args.parser_)
+    print(REPLAY_MOVED.format(args=" ".join(args.rest) or "FILE --device module:Class"), file=sys.stderr)
+    return 2
 
 
 def _tap(args: argparse.Namespace) -> int:

@@ -62,6 +62,15 @@ except Interrupted:
 """
 
 
+def line_with(stream, needle: str, max_lines: int = 20) -> str:
+    """The first line of ``stream`` (a program's stderr, say) that contains ``needle``; '' if none comes."""
+    for _ in range(max_lines):
+        line = stream.readline()
+        if not line or needle in line:
+            return line
+    return ""
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0
 

@@ -106,6 +106,10 @@ def test_wheel_holds_the_two_packages_and_nothing_else(wheel):
     assert sum(line.startswith("Requires-Dist:") and "extra ==" not in line for line in meta.splitlines()) == 1
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "fusd = fusd_runtime.cli:main" in entry_points
+    # the test kit's pytest plugin: pytest finds it in every project that installs the wheel
+    plugins = entry_points.split("[pytest11]", 1)[1].split("[", 1)[0] if "[pytest11]" in entry_points else ""
+    assert "fusd = fusd_runtime.testing.plugin" in plugins, entry_points
+    assert "fusd_runtime/testing/plugin.py" in names
 
 
 def test_installed_packages_come_from_the_venv(venv_python, tmp_path):

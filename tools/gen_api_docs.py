@@ -36,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "docs", "api.md")
 
 #: Packages documented by their ``__all__``.
-PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.ioctl")
+PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.ioctl", "fusd_runtime.loopback",
+            "fusd_runtime.testing", "fusd_runtime.replay", "fusd_runtime.emulate")
 #: Modules whose public classes and functions are documented (all of them, not only ``__all__``).
 MODULES = (
     "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl.numbers",
