@@ -43,9 +43,8 @@ from typing import Any, Dict, List, Optional, Union
 from fusd_wire import Codec
 from fusd_wire import constants as C
 
-from .checks import check_device
 from .device import Context, Device
-from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
+from .ioctl import emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
 from .session import GONE, OP, Session, default_readers
 from .state import pack_out
@@ -278,15 +277,17 @@ class CuseServer(ServerBase):
         name = name or device.name or type(device).__name__.lower()
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
-        check_ioctls(device, self.transport)
-        check_device(device)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         self._devices[name] = device
-        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         device.name = name
-        self._prepare(device)
+        try:
+            self._prepare(device)
+        except BaseException:
+            self._devices.pop(name, None)
+            raise
+        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         if self._serving:
             try:
                 self._start_device(name)
