@@ -2,7 +2,7 @@
 
     fusd demo                         start example devices and drive them with real syscalls
     fusd serve mymod:MyDevice         serve your device class (FUSE directory or CUSE)
-    fusd bench                        per-syscall round-trip latency against the kernel floor
+    fusd bench                        per-syscall round trips beside C reference servers and the kernel floor
     fusd decode capture.pcapng        decode a protocol capture (same as python -m fusd_wire decode)
     fusd replay cap.pcapng --device mymod:MyDevice   replay a recording to a device, diff its replies
 """
