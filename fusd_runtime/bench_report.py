@@ -141,7 +141,8 @@ def table(result: Dict[str, Any]) -> str:
     ratio = {(r["op"], r["vs"]): r["ratio"] for r in result["ratios"]}
     cpus = f"client CPU {st['client_cpu']}, servers CPU {st['server_cpu']}" if st["pin"] != "none" else "unpinned"
     lines = [f"fusd bench: {st['device']} via {st['transport']}, pin={st['pin']} ({cpus}), "
-             f"{st['rounds']} round(s) x {st['iterations']} calls per op, {st['client']} client"]
+             f"{st['rounds']} round(s) x {st['iterations']} calls per op, {st['client']} client"
+             + (f" ({st['client_note']}; it adds ~0.3-1 µs per call)" if st["client"] != "C" else "")]
     head = f"{'op':10} {'fusd µs':>8} {'p99 µs':>8} {'rounds min..max':>16}"
     for ref in refs:
         head += f" | {ref + ' µs':>{max(len(ref) + 3, 8)}} {'ratio':>6}"
