@@ -146,27 +146,28 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
         if fl is not None:
             for name in sorted({FLOOR_FOR[o] for o in ops}):
                 targets[name] = {"kind": "floor", "status": "measured", "path": fl.targets[name]}
-        jobs: List[List[Tuple[str, str]]] = []  # per op: (target, path)
+        jobs: List[List[Tuple[str, str, Optional[int]]]] = []  # per op: (target, path, server pid)
         for op in ops:
             want = "pipe0" if op == "pollwake" else "dev0"
-            job = [(name, s.paths[want]) for name, s in servers.items() if want in s.paths]
+            job: List[Tuple[str, str, Optional[int]]] = [(name, s.paths[want], s.pid) for name, s in servers.items()
+                                                         if want in s.paths]
             job.sort(key=lambda j: j[0] != "fusd")  # fusd first in round 1, then rotating
             if fl is not None:
-                job.append((FLOOR_FOR[op], fl.targets[FLOOR_FOR[op]]))
+                job.append((FLOOR_FOR[op], fl.targets[FLOOR_FOR[op]], None))
             jobs.append(job)
         total = sum(len(j) for j in jobs) * rounds
         done = 0
         for rnd in range(1, rounds + 1):
             for op, job in zip(ops, jobs):
                 k = (rnd - 1) % len(job)
-                for name, path in job[k:] + job[:k]:
+                for name, path, pid in job[k:] + job[:k]:
                     done += 1
                     if targets[name]["status"] != "measured":
                         continue
                     say(f"[{done}/{total}] round {rnd} {name} {op} x{iterations}")
                     before = cpu_jiffies()
                     try:
-                        row = run_client(exe, op, path, iterations, warmup, ccpu)
+                        row = run_client(exe, op, path, iterations, warmup, ccpu, pid)
                     except RuntimeError as exc:
                         if targets[name]["kind"] != "reference":
                             raise

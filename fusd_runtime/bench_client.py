@@ -6,9 +6,10 @@ which transports it means something.  The C client costs ~20 ns per call of its
 own; the Python client (used where no compiler exists) adds ~0.3-1 µs per call,
 so the report says which one ran.
 
-Both print, per run, ``op n median p99 mean min errors first_errno ops_per_s short``
-(µs; ``short``: calls that moved fewer bytes than asked, which would make a
-comparison unfair).
+Both print, per run, ``op n median p99 mean min errors first_errno ops_per_s short
+server_cpu`` (µs; ``short``: calls that moved fewer bytes than asked, which would
+make a comparison unfair; ``server_cpu``: CPU time the server process, all its
+threads, spent per timed call, when its pid is given, else -1; the C client only).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ FLOOR_FOR: Dict[str, str] = {op.name: op.floor for op in OPS}
 
 CLIENT_C = r"""
 /* fusd bench client: time one system call per iteration; prints
-   "op n median p99 mean min errors first_errno ops_per_s short" (µs) per run. */
+   "op n median p99 mean min errors first_errno ops_per_s short server_cpu" (µs) per run.
+   With SERVER_PID, server_cpu is that process's CPU time (all threads) per timed call. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -82,6 +84,10 @@ static double now_us(void) {
     struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
+static double cpu_us(clockid_t c) {
+    struct timespec ts; if (clock_gettime(c, &ts)) return -1;
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y);
 }
@@ -100,7 +106,9 @@ static void *poller(void *arg) {
     return NULL;
 }
 int main(int argc, char **argv) {
-    if (argc < 5) { fprintf(stderr, "usage: client ITERS WARMUP OP TARGET\n"); return 2; }
+    if (argc < 5) { fprintf(stderr, "usage: client ITERS WARMUP OP TARGET [SERVER_PID]\n"); return 2; }
+    clockid_t srv = 0; int have_srv = argc > 5 && atoi(argv[5]) > 0 && !clock_getcpuclockid(atoi(argv[5]), &srv);
+    double srv0 = 0;
     long n = atol(argv[1]), warm = atol(argv[2]); const char *op = argv[3], *tgt = argv[4];
     static char buf[65536]; memset(buf, 'x', sizeof buf);
     char missing[4096]; char dir[4096]; snprintf(dir, sizeof dir, "%s", tgt);
@@ -122,7 +130,7 @@ int main(int argc, char **argv) {
     }
     double t_start = 0;
     for (long i = -warm; i < n; i++) {
-        if (i == 0) t_start = now_us();
+        if (i == 0) { t_start = now_us(); if (have_srv) srv0 = cpu_us(srv); }
         double t0 = now_us(), t1; long r = 0, want = -1; int v = 0; struct stat st; struct statx sx;
         if (!strcmp(op, "pread1")) { want = 1; r = seek ? pread(fd, buf, 1, 0) : read(fd, buf, 1); }
         else if (!strcmp(op, "pwrite1")) { want = 1; r = seek ? pwrite(fd, buf, 1, 0) : write(fd, buf, 1); }
@@ -150,11 +158,12 @@ int main(int argc, char **argv) {
         if (i >= 0) s[i] = t1 - t0;
     }
     double total = now_us() - t_start;
+    double srv_per_call = have_srv ? (cpu_us(srv) - srv0) / n : -1;
     if (pw) { stop_poller = 1; if (write(wfd, "x", 1) < 0) {} sem_wait(&done); pthread_join(th, NULL); }
     double sum = 0; for (long i = 0; i < n; i++) sum += s[i];
     qsort(s, n, sizeof(double), cmp);
-    printf("%s %ld %.3f %.3f %.3f %.3f %ld %d %.0f %ld\n", op, n, s[n / 2], s[(long)(n * 0.99)], sum / n, s[0],
-           errors, first, n / (total / 1e6), shorts);
+    printf("%s %ld %.3f %.3f %.3f %.3f %ld %d %.0f %ld %.3f\n", op, n, s[n / 2], s[(long)(n * 0.99)], sum / n, s[0],
+           errors, first, n / (total / 1e6), shorts, srv_per_call);
     return 0;
 }
 """.replace("MISSING_NAME", MISSING_NAME)
@@ -291,22 +300,26 @@ def python_client(op: str, target: str, iterations: int, warmup: int) -> Dict[st
             os.close(fd)
     med, p99, mean, mn = _pct(samples)
     return {"op": op, "n": iterations, "median_us": med, "p99_us": p99, "mean_us": mean, "min_us": mn,
-            "errors": errors, "errno": first, "ops_per_s": iterations / total if total > 0 else 0.0, "short": shorts}
+            "errors": errors, "errno": first, "ops_per_s": iterations / total if total > 0 else 0.0, "short": shorts,
+            "server_cpu_us": None}
 
 
 def run_client(exe: Optional[str], op: str, target: str, iterations: int, warmup: int,
-               cpu: Optional[int]) -> Dict[str, Any]:
-    """One op against one target, in a client process (C) or in this process (Python)."""
+               cpu: Optional[int], server_pid: Optional[int] = None) -> Dict[str, Any]:
+    """One op against one target, in a client process (C) or in this process (Python).
+
+    ``server_pid``: the C client also measures that process's CPU time per call.
+    """
     if exe is None:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
         return python_client(op, target, iterations, warmup)
     pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    out = subprocess.run([exe, str(iterations), str(warmup), op, target], capture_output=True, text=True,
-                         preexec_fn=pre, timeout=600)
+    argv = [exe, str(iterations), str(warmup), op, target] + ([str(server_pid)] if server_pid else [])
+    out = subprocess.run(argv, capture_output=True, text=True, preexec_fn=pre, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"client {op} {target}: {out.stderr.strip() or out.returncode}")
     f = out.stdout.split()
     return {"op": f[0], "n": int(f[1]), "median_us": float(f[2]), "p99_us": float(f[3]), "mean_us": float(f[4]),
             "min_us": float(f[5]), "errors": int(f[6]), "errno": int(f[7]), "ops_per_s": float(f[8]),
-            "short": int(f[9])}
+            "short": int(f[9]), "server_cpu_us": float(f[10]) if float(f[10]) >= 0 else None}

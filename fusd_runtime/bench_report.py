@@ -89,6 +89,11 @@ def busy_fraction(before: Tuple[int, int], after: Tuple[int, int]) -> Optional[f
     return round(busy / (busy + idle), 3) if busy + idle > 0 else None
 
 
+def _median_or_none(values: List[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per (target, op): the median of the per-round medians and p99s, the spread and each round's median."""
     groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
@@ -101,6 +106,7 @@ def summarize(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         out.append({"target": target, "op": op, "rounds": len(rs),
                     "median_us": statistics.median(meds), "p99_us": statistics.median(r["p99_us"] for r in rs),
                     "round_min_us": min(meds), "round_max_us": max(meds), "round_medians_us": meds,
+                    "server_cpu_us": _median_or_none([r.get("server_cpu_us") for r in rs]),
                     "errors": sum(r["errors"] for r in rs), "errno": next((r["errno"] for r in rs if r["errno"]), 0),
                     "short": sum(r["short"] for r in rs)})
     return out
@@ -143,9 +149,9 @@ def table(result: Dict[str, Any]) -> str:
     lines = [f"fusd bench: {st['device']} via {st['transport']}, pin={st['pin']} ({cpus}), "
              f"{st['rounds']} round(s) x {st['iterations']} calls per op, {st['client']} client"
              + (f" ({st['client_note']}; it adds ~0.3-1 µs per call)" if st["client"] != "C" else "")]
-    head = f"{'op':10} {'fusd µs':>8} {'p99 µs':>8} {'rounds min..max':>16}"
+    head = f"{'op':10} {'fusd µs':>8} {'p99 µs':>8} {'cpu µs':>7} {'rounds min..max':>16}"
     for ref in refs:
-        head += f" | {ref + ' µs':>{max(len(ref) + 3, 8)}} {'ratio':>6}"
+        head += f" | {ref + ' µs':>{max(len(ref) + 3, 8)}} {'cpu µs':>7} {'ratio':>6}"
     head += f" | {'floor':>5} {'µs':>6} {'ratio':>7}"
     lines.append(head)
     for op in st["ops"]:
@@ -153,12 +159,12 @@ def table(result: Dict[str, Any]) -> str:
         if f is None:
             continue
         spread = f"{f['round_min_us']:.2f}..{f['round_max_us']:.2f}"
-        line = f"{op:10} {f['median_us']:8.2f} {f['p99_us']:8.2f} {spread:>16}"
+        line = f"{op:10} {f['median_us']:8.2f} {f['p99_us']:8.2f} {_fmt(f['server_cpu_us'], 7)} {spread:>16}"
         for ref in refs:
             r = by.get((ref, op))
             x = ratio.get((op, ref))
             line += (f" | {_fmt(r['median_us'] if r else None, max(len(ref) + 3, 8))} "
-                     f"{(f'{x:.2f}x' if x else '-'):>6}")
+                     f"{_fmt(r['server_cpu_us'] if r else None, 7)} {(f'{x:.2f}x' if x else '-'):>6}")
         floor = st["floor_for"].get(op, "")
         fl = by.get((floor, op))
         x = ratio.get((op, floor))
@@ -166,7 +172,7 @@ def table(result: Dict[str, Any]) -> str:
                  f"{(f'{x:.1f}x' if x else '-'):>7}")
         lines.append(line)
     lines.append("ratio = fusd's median / the target's, medians of the per-round medians; rounds interleaved, "
-                 "the order rotating")
+                 "the order rotating; cpu = the server process's CPU time per call (all threads)")
     for name, t in result["targets"].items():
         if t["kind"] == "floor":
             continue

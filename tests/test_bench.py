@@ -33,9 +33,9 @@ SETTINGS = {"transport", "pin", "client_cpu", "server_cpu", "device", "iteration
 MACHINE = {"cpus", "cpus_allowed", "cpu_model", "kernel", "python", "fusd", "libfuse3", "compiler", "cpuidle",
            "clocksource", "load_before", "load_after", "busy_fraction"}
 RUN = {"target", "op", "round", "n", "median_us", "p99_us", "mean_us", "min_us", "errors", "errno", "ops_per_s",
-       "short", "busy"}
+       "short", "server_cpu_us", "busy"}
 SUMMARY = {"target", "op", "rounds", "median_us", "p99_us", "round_min_us", "round_max_us", "round_medians_us",
-           "errors", "errno", "short"}
+           "server_cpu_us", "errors", "errno", "short"}
 
 
 @pytest.fixture
@@ -119,6 +119,9 @@ def test_quick_bench_writes_the_documented_json_with_a_ratio_per_reference(tmp_p
         assert run["short"] == 0, f"{run['target']} {run['op']} moved fewer bytes than asked: not comparable"
         if run["target"] in ("fusd", *measured):
             assert run["errors"] == 0, run
+            assert (run["server_cpu_us"] or 0) > 0 or not HAVE_CC, "the C client measures the server's CPU"
+        else:
+            assert run["server_cpu_us"] is None, "a floor has no server"
     assert {(r["target"], r["round"]) for r in doc["runs"] if r["op"] == "pread1"} == \
         {(t, n) for t in ("fusd", *measured, "tmpfs") for n in (1, 2)}
     for s in doc["summary"]:
