@@ -41,6 +41,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -250,6 +251,11 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     def progress(msg: str) -> None:
         print("fusd bench: " + msg, file=sys.stderr, flush=True)
 
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds measure(): every server stopped, every mount removed
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, stop)  # SIGINT too: a shell starts background jobs with it ignored
     try:
         result = measure(device=args.device, pin=args.pin, transport=args.transport, iterations=iterations,
                          warmup=warmup, rounds=rounds, readers=args.readers, ops=ops, client=args.client,

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -241,3 +242,37 @@ def test_reference_stops_on_sigterm_and_unmounts(tmp_path, cache) -> None:
         proc.terminate()
         assert proc.wait(10) == 0
         assert not is_mountpoint(mnt), "the reference left its mount behind"
+
+
+@needs_fuse
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_bench_stops_its_servers_and_removes_its_mounts(tmp_path, sig) -> None:
+    """Ctrl-C or SIGTERM mid-run: every server stopped, nothing mounted, no directory left (exit 130)."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    env = dict(os.environ, TMPDIR=str(work), XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "fusd_runtime.bench", "-n", "200000", "--rounds", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:
+            if "round 1 fusd pread1" in line:  # servers up, the first client running
+                break
+        proc.send_signal(sig)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(work) in line], "a server's mount is left"
+    mine = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(work).encode() in f.read():
+                    mine.append(pid)
+        except OSError:
+            pass
+    assert not mine, f"servers still running: {mine}"
+    assert os.listdir(work) == [], "mount points left behind"
