@@ -16,8 +16,11 @@ plain ``python -c`` it took ~27 ms of CPU (site, the editable-install finder,
 ctypes.util), mostly after the mount was already served: a client starting
 right then lost ~2 µs per call on average over its first 10,000 calls, and its
 first 1,000-4,000 calls ran 1.1 µs slower at the median (issue 18).  So it
-starts lean: ``-I -S`` and nothing imported before the read (~12 ms of CPU,
-9.6 instead of 13.3 MB resident); ctypes is imported only when it unmounts.
+starts lean (``-I -S``, nothing imported before it blocks: ~12 ms of CPU, 9.6
+instead of 13.3 MB resident; ctypes only when it unmounts), and the mount
+waits until it is blocked (it closes a second pipe then, at most
+``WATCHDOG_READY_TIMEOUT``) so that its start-up is over before anything is
+served.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import select
 import shutil
 import socket
 import stat
@@ -35,6 +39,8 @@ from typing import List, Optional
 
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
+#: seconds a mount waits for its watchdog to be up (it works anyway once it is; slow machines)
+WATCHDOG_READY_TIMEOUT = 10.0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -85,7 +91,8 @@ _WATCHDOG = r"""
 import os, signal, sys
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
-fd, target = int(sys.argv[1]), sys.argv[2]
+fd, ready, target = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.close(ready)  # started: the server may serve now
 while True:
     try:
         if not os.read(fd, 64):
@@ -167,14 +174,26 @@ class Mount:
     def _start_watchdog(self) -> None:
         """A child that unmounts when we die, however we die (it holds the read end of our pipe)."""
         r, w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self._watch_proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(r), self.mountpoint], pass_fds=(r,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+            try:
+                self._watch_proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(r), str(ready_w), self.mountpoint],
+                    pass_fds=(r, ready_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True)
+            except BaseException:
+                os.close(w)
+                raise
+            finally:
+                os.close(r)
+                os.close(ready_w)
+            self._watch_w = w
+            # End of file when it closed its end (or died): its start-up is not the clients' to pay.
+            waiter = select.poll()
+            waiter.register(ready_r, select.POLLIN)
+            waiter.poll(WATCHDOG_READY_TIMEOUT * 1000)
         finally:
-            os.close(r)
-        self._watch_w = w
+            os.close(ready_r)
 
     # -- everyone: fusermount3 ---------------------------------------------------------------
     def _mount_fusermount(self, fsname: str, opts: List[str], watchdog: bool) -> None:
