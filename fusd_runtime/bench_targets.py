@@ -172,9 +172,20 @@ def lazy_unmount(path: str) -> None:
             subprocess.run(["fusermount3", "-u", "-z", "-q", path], capture_output=True)
 
 
+#: runs this very fusd_runtime's perfserver: ``python -m`` would put the working directory first on
+#: sys.path, and a bench started inside another checkout would measure that checkout's server
+_PERFSERVER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+               "from fusd_runtime.perfserver import main; sys.exit(main())")
+
+
 def fusd_argv(*, device: Optional[str], transport: str, readers: Optional[int]) -> List[str]:
-    """The perfserver command: ``dev0`` (PerfFile or ``device``), ``pipe0`` and ``counter0``."""
-    argv = [sys.executable, "-m", "fusd_runtime.perfserver", "--pipe", "--transport", transport]
+    """The perfserver command: ``dev0`` (PerfFile or ``device``), ``pipe0`` and ``counter0``.
+
+    The server imports the same ``fusd_runtime`` as this bench; ``--device`` modules
+    are still found in the working directory.
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "-c", _PERFSERVER, here, "--pipe", "--transport", transport]
     if readers is not None:  # else the server's default: 2, or 1 when pinned to one CPU
         argv += ["--readers", str(readers)]
     if device:

@@ -276,3 +276,23 @@ def test_a_stopped_bench_stops_its_servers_and_removes_its_mounts(tmp_path, sig)
             pass
     assert not mine, f"servers still running: {mine}"
     assert os.listdir(work) == [], "mount points left behind"
+
+
+@needs_fuse
+def test_the_server_is_this_fusd_and_the_device_comes_from_the_working_directory(tmp_path, monkeypatch,
+                                                                               cache) -> None:
+    """``--device mymod:Class`` is imported from where the bench runs; ``fusd_runtime`` never is.
+
+    (``python -m`` would put the working directory first on sys.path: a bench run inside another
+    checkout, here a broken one, would have measured that checkout's server.)
+    """
+    (tmp_path / "fusd_runtime").mkdir()
+    (tmp_path / "fusd_runtime" / "__init__.py").write_text("raise ImportError('the wrong fusd_runtime')\n")
+    (tmp_path / "mydevice.py").write_text("from fusd_runtime.examples import PerfFile\n\n\n"
+                                          "class Mine(PerfFile):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    doc = bench.measure(device="mydevice:Mine", ops=["pread1"], iterations=30, warmup=5, rounds=1, floors=False,
+                        refs=[])
+    assert doc["targets"]["fusd"]["status"] == "measured"
+    assert doc["settings"]["device"] == "mydevice:Mine" and "mydevice:Mine" in doc["targets"]["fusd"]["title"]
+    assert [r["errors"] for r in doc["runs"]] == [0]

@@ -13,9 +13,12 @@ reader whose wait per call drops far below the client's run time is being
 woken into the client's slice (wakeup preemption): every call then costs ~1 µs
 more, on any server.  The summary per variant and round: the median of the
 chunk medians, the first 1,000 calls' median, the mean over all calls (stolen
-time shows there), and how many chunks ran in that preempted state.
+time shows there), how many chunks ran in that preempted state, and the CPU
+time the server's children (the watchdog) used while the client ran.
 
-Needs root, /dev/fuse and gcc.  Example (before/after a change, with a C floor):
+Commands run in ``/`` (give absolute paths): ``python -m`` puts the working
+directory first on sys.path, so a checkout there would shadow the ``PYTHONPATH``
+that selects the code under test.  Needs root, /dev/fuse and gcc.  Example:
 
     python tools/startup_series.py before='env PYTHONPATH=/tmp/base python -m fusd_runtime.perfserver {mnt}' \
         after='python -m fusd_runtime.perfserver {mnt}'
@@ -103,7 +106,7 @@ def run_one(cmd: str, exe: str, chunks: int, chunk: int, cpu: str) -> List[Dict[
     """Start the server, time the first ``chunks * chunk`` calls, stop it: one row per chunk."""
     mnt = tempfile.mkdtemp(prefix="startup-series-")
     proc = subprocess.Popen(["taskset", "-c", cpu, "bash", "-c", "exec " + cmd.replace("{mnt}", mnt)],
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, start_new_session=True, cwd="/")
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(mnt, "dev0")):
@@ -149,8 +152,8 @@ def main() -> int:
         p.error(why)
     with open("/proc/stat") as f:
         v0 = [int(x) for x in f.readline().split()[1:8]]
-    print(f"{'variant':10} round: median of chunk medians / first 1000 calls / mean of all, preempted chunks,"
-          f" children's CPU µs per call in the first chunk")
+    print(f"{'variant':10} round: median of chunk medians / first 1000 calls / mean of all (µs), preempted chunks,"
+          f" children's CPU during the calls (ms)")
     for rnd in range(1, args.rounds + 1):
         k = (rnd - 1) % len(variants)
         for name, cmd in variants[k:] + variants[:k]:
@@ -159,7 +162,7 @@ def main() -> int:
             pre = sum(1 for r in rows if r["reader_wait"] < args.preempted_below)
             print(f"{name:10} {rnd}: {statistics.median(r['median'] for r in rows):6.2f} / "
                   f"{statistics.median(first):6.2f} / {statistics.fmean(r['mean'] for r in rows):6.2f}  "
-                  f"{pre:3d}/{len(rows)}  {rows[0]['children_run']:6.2f}", flush=True)
+                  f"{pre:3d}/{len(rows)}  {sum(r['children_run'] for r in rows) * args.chunk / 1000:6.2f}", flush=True)
     with open("/proc/stat") as f:
         v1 = [int(x) for x in f.readline().split()[1:8]]
     d = [b - a for a, b in zip(v0, v1)]
