@@ -3,6 +3,7 @@
     fusd bench [--transport fuse|cuse] [--pin same|split|none] [--rounds N] [-n ITERATIONS]
                [--refs raw_fuse,libfuse_ll|none] [--device module:Class] [--json FILE] [--quick]
 
+examples:
     fusd bench --quick                         # a few seconds: does it work, rough numbers
     fusd bench --json run.json                 # 5 interleaved rounds x 20000 calls per op
     fusd bench --transport cuse                # /dev/cuse: against the C CUSE reference

@@ -1,10 +1,12 @@
 """The CUSE transport: each device is a real character device node, ``/dev/NAME``.
 
+    # doc: needs /dev/cuse
     from fusd_runtime.cuse import CuseServer
+    from fusd_runtime.examples import Hello
 
     with CuseServer() as server:            # root, and a kernel with CUSE
-        server.add(Hello(), "hello")        # -> /dev/hello, mode from the device
-        print(open(server.path("hello")).read())
+        server.add(Hello(), "fusd-hello")   # -> /dev/fusd-hello, mode from the device
+        print(open(server.path("fusd-hello")).read())
 
 One ``/dev/cuse`` connection serves one device (the kernel creates one node
 per connection), so a :class:`CuseServer` holds one :class:`CuseSession` per
@@ -40,6 +42,7 @@ from typing import Any, Dict, List, Optional, Union
 from fusd_wire import Codec
 from fusd_wire import constants as C
 
+from .checks import check_device
 from .device import Context, Device
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
@@ -89,7 +92,6 @@ class CuseSession(Session):
         self.dev_major, self.dev_minor = dev_major, dev_minor
         self.max_read = max_read
         self.kernel_minor = 0
-        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY answers sent (observability; the tests count rounds)
         self.handlers[C.fuse_opcode.CUSE_INIT] = self._op_cuse_init
         if device.seekable:
             # the kernel sends offset 0 on CUSE (a stream): keep each open file's position here
@@ -213,13 +215,12 @@ class CuseSession(Session):
             retry = emulate_restricted(cmd, arg, data, out_size)
             if retry is None:
                 return ctx.device.ioctl(ctx, cmd, data, out_size)
-            self.ioctl_retries += 1
             return retry
-        if flags & _COMPAT and spec.arg.chases:
-            raise OSError(errno.EINVAL, "pointer arguments from 32-bit callers are not supported")
+        if flags & _COMPAT and spec.refuses_compat:
+            raise OSError(errno.EINVAL, "a 32-bit caller would lay this argument out differently (pointers, "
+                                        "long, 8-byte alignment): not served")
         plan = plan_unrestricted(spec, arg, data, out_size)
         if plan.retry is not None:
-            self.ioctl_retries += 1
             return plan.retry
         return self.finish_declared(ctx, spec, plan.value, out_size, unrestricted_encoder(plan))
 
@@ -276,6 +277,7 @@ class CuseServer(ServerBase):
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
         check_ioctls(device, self.transport)
+        check_device(device)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
@@ -408,7 +410,7 @@ def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseSer
     if transport == "cuse" or (transport == "auto" and cuse_available()):
         if transport == "cuse" and not cuse_available():
             raise RuntimeError("CUSE is not available here: needs /dev/cuse (a kernel with CONFIG_CUSE) and root")
-        for key in ("mountpoint", "allow_other", "mount_method", "fsname"):
+        for key in ("mountpoint", "allow_other", "mount_method", "fsname", "mount_options"):
             kwargs.pop(key, None)
         return CuseServer(**kwargs)
     return Server(**kwargs)

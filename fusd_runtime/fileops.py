@@ -25,12 +25,13 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+from types import CoroutineType
 from typing import Any, Callable, List, Optional
 
 from fusd_wire import constants as C
 
 from .device import DEFER, Context, Device, ReplyHandle
-from .ioctl import call_declared, ioctl_table, restricted_decode, restricted_encoder
+from .ioctl import call_declared, ioctl_table
 from .replies import Replies
 from .state import OP, RequestBuffer, pack_out
 from .strand import Strand, strand_of
@@ -367,8 +368,12 @@ class FileOps(Replies):
             if declared is None:
                 self.ioctl_tables[device] = declared = ioctl_table(device)
             data = bytes(buf[72:n]) if in_size else b""
-            if declared or flags & _IOCTL_UNRESTRICTED:  # declared arguments, or CUSE's retry protocol
+            if flags & _IOCTL_UNRESTRICTED:  # CUSE's retry protocol
                 result = self.call_ioctl(ctx, flags, cmd, arg, data, out_size)
+            elif declared:  # restricted: a declared argument is decoded, handled and encoded in one call
+                spec = declared.get(cmd)
+                result = device.ioctl(ctx, cmd, data, out_size) if spec is None else \
+                    spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
             else:  # a plain restricted ioctl: straight to the device
                 result = device.ioctl(ctx, cmd, data, out_size)
         except BaseException as exc:  # noqa: B036
@@ -397,18 +402,21 @@ class FileOps(Replies):
         ioctls); a command the device declared (``ioctl.Arg``) is decoded with its
         schema and the handler's result encoded back.
         """
-        spec = ioctl_table(ctx.device).get(cmd)
+        declared = self.ioctl_tables.get(ctx.device)
+        if declared is None:
+            declared = ioctl_table(ctx.device)
+        spec = declared.get(cmd)
         if spec is None:
             return ctx.device.ioctl(ctx, cmd, data, out_size)
-        value = restricted_decode(spec, data)
-        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value))
+        # decode, handler, encode in one precompiled function; a deferred call leaves its encoder here
+        return spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
 
     def finish_declared(self, ctx: Context, spec: Any, value: Any, out_size: int,
                         encode: Callable[[Any], Any]) -> Any:
         """Call a declared ioctl's handler; encode its result now or, if it defers, when answered."""
         result = call_declared(spec, ctx, value, out_size)
-        if result is DEFER or result.__class__ is ReplyHandle:
-            self.ioctl_encoders[ctx.unique] = encode
+        if result is DEFER or result.__class__ is ReplyHandle or result.__class__ is CoroutineType:
+            self.ioctl_encoders[ctx.unique] = encode  # an async handler's value is encoded when it returns
             return result
         return encode(result)
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, List, Optional
 from fusd_wire import constants as C
 
 from .aio import run_coroutine
+from .checks import describe_result
 from .device import DEFER, Context, ReplyHandle
 from .ioctl import IoctlRetry
 from .state import OP, SessionState, pack_out
@@ -34,17 +35,6 @@ _IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
 _GONE_ERRNOS = (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN,
                 errno.ECONNABORTED)
 
-#: what each callback may return, for the device-bug messages
-EXPECTED = {
-    "read": "bytes, bytearray or memoryview (b'' for end of file), or ctx.defer()",
-    "write": "the number of bytes taken (an int from 0 to len(data)), None for all, or ctx.defer()",
-    "ioctl": "an int result, bytes to copy out, a (result, bytes) pair, an IoctlRetry, or ctx.defer()",
-    "poll": "an int mask of POLL* bits, or ctx.defer()",
-    "open": "None, or ctx.defer()",
-    "release": "None, or ctx.defer()",
-    "flush": "None, or ctx.defer()",
-    "fsync": "None, or ctx.defer()",
-}
 _OPCODE_CALLBACK = {int(OP.FUSE_READ): "read", int(OP.FUSE_WRITE): "write", int(OP.FUSE_IOCTL): "ioctl",
                     int(OP.FUSE_POLL): "poll", int(OP.FUSE_OPEN): "open", int(OP.FUSE_RELEASE): "release",
                     int(OP.FUSE_FLUSH): "flush", int(OP.FUSE_FSYNC): "fsync"}
@@ -57,13 +47,8 @@ class BadResult(Exception):
         super().__init__(what, value, detail)
         self.what, self.value, self.detail = what, value, detail
 
-    def describe(self, device_name: str) -> str:
-        shown = repr(self.value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        detail = f" ({self.detail})" if self.detail else ""
-        return (f"device {device_name!r}: {self.what}() returned {type(self.value).__name__} {shown}{detail}; "
-                f"expected {EXPECTED.get(self.what, 'a valid answer')}. Answering EIO")
+    def describe(self, device: Any) -> str:
+        return describe_result(device, self.what, self.value, self.detail) + ". Answering EIO"
 
 
 class Replies(SessionState):
@@ -114,7 +99,7 @@ class Replies(SessionState):
             if exc.errno not in _GONE_ERRNOS:
                 self._report(exc)
         except BadResult as bad:
-            self._log_once(f"{ctx.device.name}.{bad.what}.result", bad.describe(ctx.device.name), None)
+            self._log_once(f"{ctx.device.name}.{bad.what}.result", "fusd: %s", bad.describe(ctx.device), None)
             self.answer_error(chan, unique, errno.EIO)
         except Exception as exc:  # e.g. a declared ioctl's encoder failing on the value: the device's data
             what = _OPCODE_CALLBACK.get(opcode, str(opcode))
@@ -163,6 +148,7 @@ class Replies(SessionState):
             self.send(chan, [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)])
             return
         if result.__class__ is IoctlRetry:
+            self.ioctl_retries += 1  # every round, the planner's and a raw device's own
             iovs = [self._pack_ioctl_iovec(base, n) for base, n in result.in_iovs + result.out_iovs]
             self.send(chan, [self._pack_ioctl_reply(32 + 16 * len(iovs), 0, unique, 0, _IOCTL_RETRY,
                                                     len(result.in_iovs), len(result.out_iovs)), *iovs])

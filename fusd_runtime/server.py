@@ -3,7 +3,7 @@
     from fusd_runtime import Server, Device
 
     class Hello(Device):
-        seekable = True
+        seekable = True                   # read() gets the file offset: it ends
         def read(self, ctx, size, offset):
             return b"hello\\n"[offset:offset + size]
 
@@ -42,6 +42,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .aio import is_asyncio_device
+from .checks import check_device
 from .device import Device
 from .fusefs import FuseSession, node_path
 from .ioctl import check_ioctls
@@ -380,14 +381,18 @@ class Server(ServerBase):
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
         uid, gid: default owner of device files (default: the server's).
+        mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
+            (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
     """
 
     transport = "fuse"
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd") -> None:
+                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 mount_options: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(record=record)
+        self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
         self.readers = default_readers() if readers is None else readers
@@ -409,6 +414,7 @@ class Server(ServerBase):
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         check_ioctls(device, self.transport)
+        check_device(device)
         self.registry.add(name, device, mode, uid, gid)
         device.name = name
         self._prepare(device)
@@ -430,6 +436,19 @@ class Server(ServerBase):
             # Notifications may wait for the kernel's directory locks: never from a reader or a callback.
             self._loop.call_soon(self._invalidate, notes)
         dev.session = None
+
+    def abort(self) -> None:
+        """Abort the kernel connection (fusectl ``abort``): every waiting client fails at once; the server stops.
+
+        What an operator does with ``fusd abort MOUNTPOINT`` (or ``echo 1 >
+        /sys/fs/fuse/connections/N/abort``) to free clients stuck on a server that
+        stopped answering.  The readers then see the connection end, and the server
+        stops and unmounts like after an external unmount.
+        """
+        mount = self.mount
+        if mount is None:
+            raise RuntimeError("the server is not started")
+        mount.abort()
 
     def _invalidate(self, notes: List[Tuple[int, str]]) -> None:
         if self.session is not None:
@@ -465,7 +484,7 @@ class Server(ServerBase):
             self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
-                           method=self.mount_method)
+                           method=self.mount_method, **self.mount_options)
         self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
                                    recorder=self.recorder, on_error=self._on_error, loop=self._loop,
                                    on_end=self._session_ended)

@@ -93,6 +93,7 @@ class Session(ReaderLoop):
         self.pending_interrupts: Dict[int, float] = {}
         self.ioctl_encoders: Dict[int, Callable[[Any], Any]] = {}  # unique -> encoder of a deferred declared ioctl
         self.ioctl_tables: Dict[Device, Dict[int, Any]] = {}  # device -> its declared ioctls (looked up once)
+        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY replies sent, every round (observability; tests count rounds)
         self._fh_counter = fh_counter()
         self.minor = C.FUSE_KERNEL_MINOR_VERSION
         self.init_flags = 0

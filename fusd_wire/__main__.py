@@ -13,6 +13,14 @@ import os
 import sys
 from typing import List, Optional
 
+DECODE_EXAMPLE = """example:
+  fusd serve --record /tmp/s.pcapng -f fusd_runtime.examples:Hello /tmp/devs   (cat /tmp/devs/hello, Ctrl-C)
+  python -m fusd_wire decode /tmp/s.pcapng --stats      per-opcode counts and latencies
+"""
+REPLAY_EXAMPLE = """example:
+  python -m fusd_wire replay /tmp/s.pcapng --device fusd_runtime.examples:Hello   (a capture as in decode --help)
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace.command import add_decode_arguments
@@ -23,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     dec = sub.add_parser("decode", help="decode a capture into libfuse -d-like text, JSON lines or stats",
                          description="Decode a FUSE capture: our pcapng, or strace -f -xx -s 1048576 "
-                                     "-e trace=read,readv,write,writev output of any FUSE daemon.")
+                                     "-e trace=read,readv,write,writev output of any FUSE daemon.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DECODE_EXAMPLE)
     add_decode_arguments(dec)
     dec.set_defaults(run=_decode, parser_=dec)
     tap = sub.add_parser("tap", help="mount, run an unmodified libfuse 3 daemon behind a relay, record its traffic",
@@ -38,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Feed the kernel's requests of one recorded connection to a fresh instance "
                                      "of a device class, served by the real fusd runtime on a socketpair, and "
                                      "compare its replies with the captured ones. Exit 0: all the same; 1: "
-                                     "differences or missing replies; 2: cannot replay.")
+                                     "differences or missing replies; 2: cannot replay.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPLAY_EXAMPLE)
     add_replay_arguments(rep)
     rep.set_defaults(run=_replay, parser_=rep)
     return parser
