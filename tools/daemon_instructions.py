@@ -49,8 +49,9 @@ def run_once(cmd: str, client: str, op: str, calls: int) -> int:
     command = cmd.replace("{mnt}", mnt)
     full = (f"exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file={out_dir}/cg.%p "
             f"{command}")
+    # cwd="/": ``python -m`` puts the working directory first on sys.path, which would shadow PYTHONPATH
     proc = subprocess.Popen(["bash", "-c", full], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, cwd="/")
     try:
         deadline = time.monotonic() + 300
         while not os.path.exists(os.path.join(mnt, "dev0")):
