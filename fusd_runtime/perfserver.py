@@ -1,7 +1,7 @@
 """Serve ``PerfFile`` as ``dev0`` for the shared perf harness (``shared/perf/run.sh``) and ``fusd bench``.
 
     python -m fusd_runtime.perfserver MOUNTPOINT [--readers N] [--device module:Class]
-                                      [--pipe] [--transport fuse|cuse]
+                                      [--pipe] [--transport fuse|uring|cuse]
 
 The harness wants a foreground server whose mount holds a 64 KiB, direct-I/O,
 seekable ``dev0`` with the ``_IOR('E', 1, int)`` ioctl and a poll handler: that is
@@ -41,7 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", help="serve module:Class as dev0 instead of PerfFile")
     p.add_argument("--pipe", action="store_true",
                    help="also serve a PipeDevice as pipe0 (poll wakeups) and a Counter as counter0")
-    p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
+    p.add_argument("--transport", choices=("fuse", "uring", "cuse"), default="fuse",
+                   help="uring: FUSE-over-io_uring (needs the fuse enable_uring parameter Y; else read/write)")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
     device = load_device(args.device) if args.device else PerfFile()
@@ -56,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.mountpoint:
             p.error("a MOUNTPOINT is needed for FUSE")
         from .server import Server
-        server = Server(args.mountpoint, readers=args.readers)
+        server = Server(args.mountpoint, readers=args.readers, transport=args.transport)
         prefix = ""
     server.add(device, prefix + "dev0")
     if args.pipe:

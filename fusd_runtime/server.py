@@ -258,14 +258,21 @@ class Server(ServerBase):
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
         uid, gid: default owner of device files (default: the server's).
+        transport: "fuse" (read/write on /dev/fuse) or "uring" (FUSE-over-io_uring: a ring
+            queue per CPU, see ``fusd_runtime.uring``; where the kernel does not offer it the
+            server logs why and serves through read/write, and ``transport`` says "fuse").
     """
 
     transport = "fuse"
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd") -> None:
+                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 transport: str = "fuse") -> None:
+        if transport not in ("fuse", "uring"):
+            raise ValueError(f"transport must be 'fuse' or 'uring', not {transport!r}")
         super().__init__(record=record)
+        self.transport = transport
         self.mountpoint = mountpoint
         self._own_mountpoint = False
         self.readers = default_readers() if readers is None else readers
@@ -287,7 +294,7 @@ class Server(ServerBase):
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
-        check_ioctls(device, self.transport)
+        check_ioctls(device, "fuse")  # restricted ioctls on either FUSE channel
         self.registry.add(name, device, mode, uid, gid)
         device.name = name
         device.session = self.session
@@ -346,14 +353,20 @@ class Server(ServerBase):
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
                            method=self.mount_method)
-        self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
-                                   recorder=self.recorder, on_error=self._on_error)
+        session_class: Any = FuseSession
+        if self.transport == "uring":
+            from .uring import UringFuseSession  # only when asked for
+            session_class = UringFuseSession
+        self.session = session_class(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
+                                     recorder=self.recorder, on_error=self._on_error)
         for node in self.registry.devices():
             if node.device is not None:
                 node.device.session = self.session
         self.session.start_readers()
         if not self.session.initialized.wait(10):
             raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+        if self.transport == "uring" and not getattr(self.session, "uring_active", False):
+            self.transport = "fuse"  # fell back (the session logged why)
 
     def _close_transport(self) -> None:
         session, self.session = self.session, None
