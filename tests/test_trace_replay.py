@@ -334,11 +334,10 @@ def test_a_reply_that_never_comes_is_missing(capture: Path, changed: Path) -> No
     eintr = [o for o in result.outcomes if o.step.reply is not None and o.step.reply.error == -4]
     assert len(eintr) == 1 and eintr[0].result == DIFFERS
     assert (eintr[0].diffs[0].field, eintr[0].diffs[0].captured, eintr[0].diffs[0].replayed) == ("error", -4, 0)
-    # with nothing deferred, the INTERRUPT is answered EAGAIN where the capture has no reply
+    # with nothing deferred, the INTERRUPT is remembered for when the call defers, never answered
+    # EAGAIN (the kernel would re-queue it at once and spin a reader): as in the capture, no reply
     interrupt = [o for o in result.outcomes if o.step.opcode == OP.FUSE_INTERRUPT]
-    assert len(interrupt) == 1 and interrupt[0].result == DIFFERS
-    assert interrupt[0].diffs[0].field == "reply" and interrupt[0].diffs[0].captured is None
-    assert interrupt[0].diffs[0].replayed == "error -11 (EAGAIN)"
+    assert len(interrupt) == 1 and not [d for d in interrupt[0].diffs if d.field == "reply"]
     assert "2 missing" in result.summary()
 
 

@@ -22,28 +22,40 @@ another thread (a deferred read woken by a device thread, an EINTR from the
 wakes the queue thread (an IORING_OP_READ of the eventfd is always in flight),
 which commits it.  No lock on the hot path, no kernel work on foreign threads.
 
-**Sizing.**  A deferred call holds its entry until it is answered; requests of
-that CPU keep flowing as long as a free entry remains.  A queue starts with
-``depth`` entries and registers ``depth`` more whenever fewer than
-:data:`LOW_WATER` are free after a call deferred, up to ``max_entries`` (then
-further requests from that CPU wait in the kernel until a held call is
-answered, and a warning says so once).
+**Sizing.**  A deferred call (a blocking read, a queued or async call) holds its
+entry until it is answered.  A request that finds no free entry waits in the
+kernel -- and the kernel hands such waiting requests out only when some entry of
+the queue commits, *not* when new entries register (fs/fuse/dev_uring.c): if every
+entry is held by deferred calls that wait for a request that is itself waiting,
+nothing moves.  So a queue never lets its free entries run out: it starts with
+``depth`` entries and, whenever a deferral leaves fewer than a quarter of them
+free (at least :data:`LOW_WATER`), doubles them, up to ``max_entries`` (2048 per
+CPU by default; beyond that a warning says that further requests from that CPU
+wait for a held call to be answered).  The payload buffers are virtual memory
+until touched (an mmap'd arena, below), so a thousand blocked readers cost their
+288-byte headers, not 128 KiB each.
 
-Buffers per entry: the 288-byte ``fuse_uring_req_header`` and a
-``RequestBuffer`` whose byte 80 on is the payload the kernel reads and writes.
-The 80 bytes before it let a request be handed to the handlers in the layout the
-read/write transport produces (``fuse_in_header``-sized gap, the fixed request
-struct at byte 40, the payload right after) and a reply be staged as one copy of
-the handler's header+struct bytes at byte 64 (the fuse_out_header lands at 64..80,
-the reply body at 80).  Requests without payload are handed over in place: a view
-of the header buffer starting 40 bytes before ``op_in``.
+Buffers per entry: the 288-byte ``fuse_uring_req_header`` (a bytearray) and a
+slot of the queue's *arena*, one anonymous mmap for all its entries: the slot's
+byte 80 on is the payload buffer the kernel reads and writes (at least its
+max payload, 128 KiB), and costs memory only where pages are touched, so a queue
+can hold thousands of entries blocked in deferred calls.  The 80 bytes before the
+payload let a WRITE be handed to the handlers in the layout the read/write
+transport produces (``fuse_in_header``-sized gap, fuse_write_in at byte 40, the
+data right after) and a reply be staged as one copy of the handler's
+header+struct bytes at byte 64 (the fuse_out_header lands at 64..80, the reply
+body at 80).  Requests without payload are handed over in place: a view of the
+header buffer starting 40 bytes before ``op_in``; other requests with payload
+(LOOKUP's name, an ioctl's input: small) as a bytearray copy.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -52,14 +64,13 @@ from typing import Any, Deque, List, Optional, Sequence, Tuple
 from fusd_wire import FAST
 from fusd_wire import constants as C
 
-from ..session import RequestBuffer
 from . import abi
 from .ring import Ring, address_of, errno_cell, syscall
 
 log = logging.getLogger("fusd")
 
-#: free entries below which a queue registers more (after a call deferred)
-LOW_WATER = 2
+#: free entries below which a queue always registers more (after a call deferred)
+LOW_WATER = 4
 
 _HDR = FAST.fuse_uring_req_header
 _IN_HEADER = FAST.fuse_in_header
@@ -131,24 +142,24 @@ class RingEntry:
     __slots__ = ("queue", "idx", "hdr", "req", "hdr_view", "op40_src", "op40_dst", "held", "sqe_off",
                  "commit_at", "cmd", "iov", "_exports")
 
-    def __init__(self, queue: FuseQueue, idx: int, payload_size: int) -> None:
+    def __init__(self, queue: FuseQueue, idx: int, req: memoryview, req_address: int, payload_size: int) -> None:
         self.queue = queue
         self.idx = idx
         self.hdr = bytearray(_HDR.size)
-        # exactly the payload after the staging bytes: a reply that would not fit the kernel's
-        # payload buffer cannot fit this one either (the buffer is exported: no resize, BufferError)
-        self.req = RequestBuffer(_STAGE_PAYLOAD + payload_size)
+        # the arena slot: exactly the payload after the staging bytes, so a reply that would
+        # not fit the kernel's payload buffer cannot be written here either (ValueError)
+        self.req = req
         self.hdr_view = memoryview(self.hdr)[_HDR_VIEW_AT:]
         self.op40_src = memoryview(self.hdr)[_OP_IN:_OP_IN + _STAGE_PAYLOAD - _STAGE_OP]
-        self.op40_dst = self.req.view[_STAGE_OP:_STAGE_PAYLOAD]
+        self.op40_dst = req[_STAGE_OP:_STAGE_PAYLOAD]
         self.held = False  # held by a deferred call
         self.sqe_off = idx * queue.ring.sqe_size
         self.commit_at = self.sqe_off + _COMMIT_ID_AT  # where the SQE holds fuse_uring_cmd_req.commit_id
         self.cmd = REGISTER
         self.iov = bytearray(_IOVEC2.size)
-        _IOVEC2.pack_into(self.iov, 0, address_of(self.hdr), _HDR.size,
-                          address_of(self.req) + _STAGE_PAYLOAD, payload_size)
-        self._exports = (self.hdr_view, self.op40_src, self.op40_dst)
+        _IOVEC2.pack_into(self.iov, 0, address_of(self.hdr), _HDR.size, req_address + _STAGE_PAYLOAD,
+                          payload_size)
+        self._exports = (self.hdr_view, self.op40_src, self.op40_dst, req)
 
     def holding(self) -> int:
         """The unique of the unanswered request this entry holds, or 0."""
@@ -181,7 +192,7 @@ class FuseQueue:
     """
 
     def __init__(self, session: Any, qid: int, devfd: int, payload_size: int, depth: int = 8,
-                 max_entries: int = 256, cpu: Optional[int] = None) -> None:
+                 max_entries: int = 2048, cpu: Optional[int] = None) -> None:
         self.session = session
         self.qid = qid
         self.cpu = cpu
@@ -191,11 +202,19 @@ class FuseQueue:
         self.devfd = devfd
         self.ring: Ring = None  # type: ignore[assignment]  # made by the queue thread (it alone submits)
         self.efd = os.eventfd(0, os.EFD_CLOEXEC)
+        # every entry's staging bytes + payload buffer, virtual until touched
+        self.stride = -(-(_STAGE_PAYLOAD + payload_size) // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.arena = mmap.mmap(-1, self.max_entries * self.stride,
+                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+        anchor = ctypes.c_char.from_buffer(self.arena)
+        self.arena_address = ctypes.addressof(anchor)
+        del anchor  # (the export would keep the arena from closing; its address stays put)
+        self.arena_view = memoryview(self.arena)
         self.wake_slot = 0
         self.wake_buf = bytearray(8)
         self.entries: List[RingEntry] = []
         #: per entry, what the loop needs of it in one tuple: (entry, hdr, hdr_view, req, commit_at)
-        self.fast: List[Tuple[RingEntry, bytearray, memoryview, RequestBuffer, int]] = []
+        self.fast: List[Tuple[RingEntry, bytearray, memoryview, memoryview, int]] = []
         #: entries whose REGISTER is published: their SQE becomes a COMMIT once it was submitted
         self.registering: List[RingEntry] = []
         #: replies from other threads, committed by this one
@@ -216,7 +235,10 @@ class FuseQueue:
         self.registered = threading.Event()
         self._go = threading.Event()
         self._cancelled = False
+        self._close_lock = threading.Lock()
         self.error: Optional[OSError] = None
+        #: why the kernel ended this queue (None while serving, or when we stopped it)
+        self.end_reason: Optional[str] = None
         self._warned_full = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -245,14 +267,29 @@ class FuseQueue:
         return not self.thread.is_alive()
 
     def close(self) -> None:
-        """Close the ring (the kernel cancels the entries still registered) and the eventfd."""
-        for ent in self.entries:
-            ent.release()
-        if self.ring is not None:
-            self.ring.close()
-        if self.efd >= 0:
-            os.close(self.efd)
-            self.efd = -1
+        """Close the ring (the kernel cancels the entries still registered) and the eventfd.
+
+        Called by the queue thread when it leaves, and by the session after stopping it;
+        a thread that did not leave (stuck in a device callback) gets its ring retired
+        under it: an open ring would keep the connection alive and make the unmount wait.
+        """
+        with self._close_lock:
+            thread = self.thread
+            alive = thread is not None and thread.is_alive() and thread is not threading.current_thread()
+            for ent in self.entries:
+                ent.release()
+            if self.ring is not None:
+                if alive:
+                    self.ring.retire()
+                else:
+                    self.ring.close()
+            if self.efd >= 0 and not alive:
+                os.close(self.efd)
+                self.efd = -1
+            if not alive and self.arena is not None:
+                self.arena_view.release()
+                self.arena.close()
+                self.arena = None  # type: ignore[assignment]
 
     def _wake(self) -> None:
         try:
@@ -286,7 +323,10 @@ class FuseQueue:
         """Create and publish REGISTER for up to ``n`` new entries; returns how many."""
         n = min(n, self.max_entries - len(self.entries))
         for _ in range(n):
-            ent = RingEntry(self, len(self.entries), self.payload_size)
+            idx = len(self.entries)
+            at = idx * self.stride
+            ent = RingEntry(self, idx, self.arena_view[at:at + _STAGE_PAYLOAD + self.payload_size],
+                            self.arena_address + at, self.payload_size)
             self.entries.append(ent)
             self.fast.append((ent, ent.hdr, ent.hdr_view, ent.req, ent.commit_at))
             self._register(ent)
@@ -426,14 +466,19 @@ class FuseQueue:
             except OSError as exc:
                 self.error = exc
         self.registered.set()
-        if self.error is None:
-            try:
+        try:
+            if self.error is None:
                 self._loop()
-            except BaseException as exc:  # never silently: a dead queue would block its CPU's callers
+        except (ValueError, OSError):
+            if not self.stopping:  # else: retired under us while stuck in a callback
                 log.exception("fusd: ring queue %d failed", self.qid)
-                self.session._report(exc)
-        self.finished = True
-        self.session._queue_finished(self)
+        except BaseException as exc:  # never silently: a dead queue would block its CPU's callers
+            log.exception("fusd: ring queue %d failed", self.qid)
+            self.session._report(exc)
+        finally:
+            self.finished = True
+            self.close()  # before anything else: an open ring keeps the connection (and an unmount) waiting
+        self.session._queue_finished(self, self.end_reason)
 
     def _check_registered(self) -> None:
         """After the first submit: a REGISTER that failed has already completed with its error."""
@@ -470,7 +515,7 @@ class FuseQueue:
         outbox = self.outbox
         registering = self.registering
         handlers = session.handlers
-        acquire, release = session.lock.acquire, session.lock.release
+        min_length = session.min_length
         unpack_cqe = _CQE.unpack_from
         unpack_request = _REQUEST.unpack_from
         out_and_psz = _OUT_AND_PSZ.pack_into
@@ -510,22 +555,18 @@ class FuseQueue:
                     continue
                 ent, hdr, hdr_view, req, commit_at = fast[user_data]
                 length, opcode, unique, nodeid, uid, gid, pid, psz = unpack_request(hdr)
-                if psz or length > small or not plain:
+                if psz or length > small or length < min_length[opcode & 4095] or not plain:
                     slow(ent, length, opcode, unique, nodeid, uid, gid, pid, psz)
                     continue
                 handler = handlers.get(opcode)
                 try:
-                    acquire()
-                    try:
-                        parts = handler(ent, hdr_view, unique, nodeid, uid, gid, pid) if handler is not None \
-                            else self._unhandled(ent, opcode, unique)
-                    finally:
-                        release()
+                    parts = handler(ent, hdr_view, length, unique, nodeid, uid, gid, pid) if handler is not None \
+                        else self._unhandled(ent, opcode, unique)
                     if parts is None:
                         self._answered_or_deferred(ent)
                         continue
                     # (req ends where the kernel's payload buffer does: a reply too long for
-                    # it raises BufferError here, answered EIO below)
+                    # it raises ValueError here, answered EIO below)
                     p0 = parts[0]
                     if len(parts) == 1:  # header (+ its fixed struct): the header at 64, the body at 80
                         n0 = len(p0)
@@ -556,16 +597,15 @@ class FuseQueue:
         """A request with payload (WRITE, LOOKUP, an ioctl's input), an odd one, or a recorded one."""
         session = self.session
         buf: Any = self._stage(ent, length, psz) if psz else ent.hdr_view if length - _IN_SIZE <= _OP_MAX else None
-        if buf is None:
+        if buf is None or length < session.min_length[opcode & 4095]:
             self._bad_request(ent, opcode, length, psz, unique)
             return
         if session.recorder is not None:
             self._record_request(ent, length, psz)
         handler = session.handlers.get(opcode)
         try:
-            with session.lock:
-                parts = handler(ent, buf, unique, nodeid, uid, gid, pid) if handler is not None \
-                    else self._unhandled(ent, opcode, unique)
+            parts = handler(ent, buf, length, unique, nodeid, uid, gid, pid) if handler is not None \
+                else self._unhandled(ent, opcode, unique)
             if parts is None:
                 self._answered_or_deferred(ent)
                 return
@@ -584,23 +624,24 @@ class FuseQueue:
         if ent.holding() and not ent.held:  # deferred: the entry stays ours until the call is answered
             ent.held = True
             self.held += 1
-            if len(self.entries) - self.held < LOW_WATER:
+            n = len(self.entries)
+            if n - self.held < max(LOW_WATER, n >> 2):
                 self._grow()
 
-    def _stage(self, ent: RingEntry, length: int, psz: int) -> Optional[RequestBuffer]:
+    def _stage(self, ent: RingEntry, length: int, psz: int) -> Any:
         """A request with payload, laid out for the handlers: struct at 40, payload right after."""
         opsize = length - _IN_SIZE - psz
         req = ent.req
-        if not 0 <= opsize <= _OP_MAX or _STAGE_OP + opsize + psz > len(req):
+        if not 0 <= opsize <= _OP_MAX or psz > self.payload_size:
             return None
         if opsize == _STAGE_PAYLOAD - _STAGE_OP:  # fuse_write_in: the payload is where it belongs
             ent.op40_dst[:] = ent.op40_src
             return req
-        # anything else (LOOKUP's name, an ioctl's input): move the payload next to the struct
-        req[_STAGE_OP + opsize:_STAGE_OP + opsize + psz] = bytes(req.view[_STAGE_PAYLOAD:_STAGE_PAYLOAD + psz])
-        if opsize:
-            req[_STAGE_OP:_STAGE_OP + opsize] = ent.hdr[_OP_IN:_OP_IN + opsize]
-        return req
+        # anything else (LOOKUP's name, an ioctl's input; small): a bytearray in the read/write layout
+        buf = bytearray(_STAGE_OP + opsize + psz)
+        buf[_STAGE_OP:_STAGE_OP + opsize] = ent.hdr[_OP_IN:_OP_IN + opsize]
+        buf[_STAGE_OP + opsize:] = req[_STAGE_PAYLOAD:_STAGE_PAYLOAD + psz]
+        return buf
 
     def _bad_request(self, ent: RingEntry, opcode: int, length: int, psz: int, unique: int) -> None:
         """Sizes that do not add up (the reader trusts nothing): say so once, answer EIO."""
@@ -613,16 +654,15 @@ class FuseQueue:
         opsize = length - _IN_SIZE - psz
         raw = bytes(ent.hdr[:_IN_SIZE]) + bytes(ent.hdr[_OP_IN:_OP_IN + max(opsize, 0)])
         if psz:
-            raw += bytes(ent.req[_STAGE_OP + opsize:_STAGE_OP + opsize + psz])
+            raw += bytes(ent.req[_STAGE_PAYLOAD:_STAGE_PAYLOAD + psz])
         self.session.recorder.record(self.session.conn_id, 1, raw)
 
     def _unhandled(self, ent: RingEntry, opcode: int, unique: int) -> Optional[List[Any]]:
         """No handler: stopping (ENODEV/ENOENT, as on read/write), a no-reply opcode (empty
         commit: the entry must come back), or an unknown opcode (ENOSYS)."""
-        session = self.session
-        if session.stopping and opcode not in _NO_REPLY:
-            session._answer_while_stopping(ent, opcode, unique)
-            return None
+        if self.session.stopping and opcode not in _NO_REPLY:
+            err = errno.ENODEV if opcode == C.fuse_opcode.FUSE_OPEN else errno.ENOENT
+            return [FAST.fuse_out_header.pack(_OUT_SIZE, -err, unique)]
         if opcode in _NO_REPLY:
             return [FAST.fuse_out_header.pack(_OUT_SIZE, 0, unique)]
         return [FAST.fuse_out_header.pack(_OUT_SIZE, -errno.ENOSYS, unique)]
@@ -637,7 +677,7 @@ class FuseQueue:
                 pass
 
     def _grow(self) -> None:
-        added = self._add_entries(self.depth)
+        added = self._add_entries(max(self.depth, len(self.entries)))
         if added:
             log.info("fusd: ring queue %d: %d of %d entries held by deferred calls; registered %d more",
                      self.qid, self.held, len(self.entries) - added, added)
@@ -661,7 +701,11 @@ class FuseQueue:
             return False
         if err in _GONE:  # the connection is gone (unmount, abort) or the ring is being torn down
             self.dead += 1
-            return self.dead >= len(self.entries) - self.held
+            if self.dead >= len(self.entries) - self.held:
+                self.end_reason = ("the connection was aborted (fusectl abort)" if err == errno.ECONNABORTED
+                                   else "the kernel closed the connection (unmounted)")
+                return True
+            return False
         self.session._log_once(f"uring-cqe-{err}", "fusd: ring queue %d: command %d of entry %d failed: %s; "
                                "registering the entry again", self.qid, ent.cmd, ent.idx, os.strerror(err), None)
         if ent.cmd == COMMIT:

@@ -181,16 +181,36 @@ class Ring:
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
-        """Unmap and close (the kernel cancels what is still in flight).  Idempotent."""
+        """Unmap and close: once no mapping or fd refers to it, the kernel tears the ring
+        down and cancels what is still in flight.  Idempotent."""
+        self._unmap()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def retire(self) -> None:
+        """``close()`` for a ring whose thread may still run (stuck in a callback).
+
+        The views are released (that thread's next use raises ValueError, never touches
+        freed memory) and the fd number is pointed at /dev/null instead of closed, so a
+        late ``io_uring_enter`` on it fails with EOPNOTSUPP rather than reaching a ring
+        that reused the number.  ``close()`` later closes that placeholder.
+        """
+        self._unmap()
+        if self.fd >= 0:
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.dup2(null, self.fd)  # drops our reference to the ring
+            finally:
+                os.close(null)
+
+    def _unmap(self) -> None:
         for view in self._views:
             view.release()
         self._views = []
         for m in {id(m): m for m in self._maps}.values():
             m.close()
         self._maps = []
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def __enter__(self) -> Ring:
         return self

@@ -19,7 +19,13 @@ What the kernel (6.14+, ``CONFIG_FUSE_IO_URING``) does, and so what this does:
   only rare messages come that way.
 
 Requests are answered by the same handlers as on read/write: a ring entry is
-the channel the handlers reply on (``writev(channel, parts)``); see ``queue.py``.
+the channel the handlers reply on (``session.send(entry, parts)``); see ``queue.py``.
+
+One difference in the serving model: on read/write a callback that blocks
+without deferring makes the reader supervisor start another reader; a ring queue
+has exactly one thread (the kernel hands each entry's next request to the thread
+that committed it), so such a callback holds up the requests from its CPU until
+it returns.  Callbacks that wait must defer (``ctx.defer()``) or be ``async``.
 """
 
 from __future__ import annotations
@@ -37,17 +43,17 @@ from fusd_wire import FAST
 from fusd_wire import constants as C
 
 from ..fusefs import FuseSession
-from ..session import OP, RequestBuffer
-from .queue import FuseQueue, RingEntry
+from ..reader import _KEEP_WHILE_STOPPING, ChannelEnded, _why
+from ..state import IN_HEADER, RequestBuffer
+from .queue import FuseQueue
 
 log = logging.getLogger("fusd")
 
 _OVER_IO_URING = int(C.InitFlags.FUSE_OVER_IO_URING)
 _INIT_EXT = int(C.InitFlags.FUSE_INIT_EXT)
 _init_in = FAST.fuse_init_in.struct
-_IN_HEADER = FAST.fuse_in_header.struct
 ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
-_NO_REPLY = (OP.FUSE_FORGET, OP.FUSE_BATCH_FORGET, OP.FUSE_NOTIFY_REPLY)
+_ENDED = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF, errno.ENOTCONN)
 
 
 def possible_cpus() -> List[int]:
@@ -115,7 +121,7 @@ class UringFuseSession(FuseSession):
         pin: pin each queue's thread to its CPU (when this process may run there).
     """
 
-    def __init__(self, fd: int, registry: Any, mountpoint: str, *, depth: int = 8, max_entries: int = 256,
+    def __init__(self, fd: int, registry: Any, mountpoint: str, *, depth: int = 8, max_entries: int = 2048,
                  pin: bool = True, **kwargs: Any) -> None:
         super().__init__(fd, registry, mountpoint, **kwargs)
         self.depth = depth
@@ -126,18 +132,9 @@ class UringFuseSession(FuseSession):
         self.uring_active = False
         #: why read/write is used instead, once INIT decided
         self.fallback_reason: Optional[str] = None
-        self._send_fd = self.writev  # os.writev, or the recording writev
-        self.writev = self._send
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._control: Optional[threading.Thread] = None
         self._rw_mode = False
-
-    # ------------------------------------------------------------------ channels
-    def _send(self, chan: Any, parts: List[Any]) -> int:
-        """Reply on a channel: /dev/fuse (an fd) or a ring entry."""
-        if chan.__class__ is RingEntry:
-            return chan.send(parts)  # type: ignore[no-any-return]
-        return self._send_fd(chan, parts)
 
     # ------------------------------------------------------------------ readers
     def start_readers(self) -> None:
@@ -155,52 +152,60 @@ class UringFuseSession(FuseSession):
         poller.register(fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         rec = self.recorder
-        while not self._rw_mode:
-            try:
-                ready = dict(poller.poll())
-            except InterruptedError:
-                continue
-            if self._stop_r in ready:
-                break
-            if ready.get(fd, 0) & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                break  # unmounted / aborted
-            try:
-                n = readinto(buf)
-            except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                    continue
-                if exc.errno not in (errno.ENODEV, errno.EBADF, errno.ECONNABORTED):
-                    self._report(exc)
-                break
-            if rec is not None:
-                rec.record(self.conn_id, 1, memoryview(buf)[:n])
-            self._dispatch_control(fd, buf)
-
-    def _dispatch_control(self, fd: int, buf: bytearray) -> None:
-        """One /dev/fuse message, through the session's handlers (as the read/write reader does)."""
-        _, opcode, unique, nodeid, uid, gid, pid, _, _ = _IN_HEADER.unpack_from(buf)
-        handler = self.handlers.get(opcode)
         try:
-            with self.lock:
-                if handler is not None:
-                    parts = handler(fd, buf, unique, nodeid, uid, gid, pid)
-                elif self.stopping:
-                    self._answer_while_stopping(fd, opcode, unique)
-                    parts = None
-                else:
-                    parts = None
-                    if opcode not in _NO_REPLY:
-                        self.send_error(fd, unique, errno.ENOSYS)
+            while not self._rw_mode:
+                try:
+                    ready = dict(poller.poll())
+                except InterruptedError:
+                    continue
+                if self._stop_r in ready:
+                    return
+                try:
+                    n = readinto(buf)
+                except OSError as exc:
+                    if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                        continue
+                    raise ChannelEnded(_why(exc), exc) from None
+                if n is None:
+                    continue
+                if rec is not None:
+                    rec.record(self.conn_id, 1, memoryview(buf)[:n])
+                self._dispatch_control(fd, buf, n)
+        except ChannelEnded as end:
+            if end.reason != "stopping":
+                self.end(end.reason)
+        except BaseException as exc:  # noqa: B036 - e.g. SystemExit from runtime code: stop, don't vanish
+            self.fatal(exc)
+
+    def _dispatch_control(self, fd: int, buf: bytearray, n: int) -> None:
+        """One /dev/fuse message, checked and dispatched as the read/write reader does."""
+        length, opcode, unique, nodeid, uid, gid, pid, _, _ = IN_HEADER.unpack_from(buf)
+        try:
+            if length != n or n < self.min_length[opcode & 4095]:
+                self.malformed(fd, buf, n, length, opcode, unique)
+                return
+            handler = self.handlers.get(opcode)
+            if handler is None:
+                parts = self.unhandled(fd, opcode, unique)
+            else:
+                parts = handler(fd, buf, n, unique, nodeid, uid, gid, pid)
             if parts is not None:
                 self.writev(fd, parts)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EINTR, errno.ENODEV, errno.EBADF):
-                self._report(exc)
-        except Exception as exc:
-            self._log_once("runtime", "fusd: internal error while serving opcode %s", opcode, exc)
+            if exc.errno in (errno.ENOENT, errno.EINTR):
+                return
+            if exc.errno in _ENDED:
+                raise ChannelEnded(_why(exc), exc) from None
+            self._report(exc)
+        except ChannelEnded:
+            raise
+        except Exception as exc:  # a bug in the runtime itself: keep serving, say it once
+            self._log_once(f"runtime.{opcode}", "fusd: internal error while serving opcode %s", opcode, exc)
+            self.answer_error(fd, unique, errno.EIO)
 
     # ------------------------------------------------------------------ INIT
-    def _op_init(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int, pid: int) -> None:
+    def _op_init(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
+                 pid: int) -> None:
         major, minor, _, flags, flags2 = _init_in.unpack_from(buf, 40)[:5]
         minor = min(minor, C.FUSE_KERNEL_MINOR_VERSION)
         offered = (major == C.FUSE_KERNEL_VERSION and minor >= 36 and flags & _INIT_EXT
@@ -217,7 +222,7 @@ class UringFuseSession(FuseSession):
             except OSError as exc:
                 self._close_queues()
                 self.fallback_reason = f"could not set up the rings: {exc}"
-        super()._op_init(fd, buf, unique, nodeid, uid, gid, pid)
+        super()._op_init(chan, buf, n, unique, nodeid, uid, gid, pid)
 
     def _make_queues(self) -> None:
         """One queue per possible CPU, its ring made by its own thread; registered after the INIT reply."""
@@ -262,25 +267,27 @@ class UringFuseSession(FuseSession):
         super()._init_done()
 
     # ------------------------------------------------------------------ queue lifecycle
-    def _queue_finished(self, queue: FuseQueue) -> None:
-        """A queue thread ended (stop, or the connection went away)."""
-        if not self.stopping and queue.error is None:
-            log.info("fusd: ring queue %d ended (the connection is gone)", queue.qid)
+    def _queue_finished(self, queue: FuseQueue, reason: Optional[str]) -> None:
+        """A queue thread ended: stopping, or (``reason``) the kernel ended the connection."""
+        if reason is not None and not self.stopping:
+            self.end(reason)
 
     def _stop_queues(self, timeout: float = 5.0) -> None:
         for q in self.queues:
             q.stop()
         for q in self.queues:
             if not q.join(timeout):
-                log.warning("fusd: ring queue %d did not stop within %.0f s", q.qid, timeout)
+                log.warning("fusd: ring queue %d did not stop within %.0f s (a callback that does not "
+                            "return?); closing its ring under it", q.qid, timeout)
 
     def _close_queues(self) -> None:
+        """Close every ring now (each thread closes its own when it leaves; this covers the
+        ones that did not): no ring may outlive the session, or the unmount would wait for it."""
         for q in self.queues:
             if not q.registered.is_set():
                 q.go(cancel=True)  # prepared, never told to register
                 q.join(5)
-            if q.thread is None or not q.thread.is_alive():
-                q.close()
+            q.close()
         self.queues = []
 
     def stop_readers(self, timeout: float = 5.0) -> None:
@@ -289,9 +296,12 @@ class UringFuseSession(FuseSession):
             super().stop_readers(timeout)
             return
         self.stopping = True
-        self.handlers.clear()
+        for opcode in list(self.handlers):  # as on read/write: cleanup requests still reach the devices
+            if opcode not in _KEEP_WHILE_STOPPING:
+                self.handlers.pop(opcode, None)
         self.fail_pending()
         self._stop_queues(timeout)
+        self._close_queues()  # before the unmount: see _close_queues
         try:
             os.write(self._stop_w, b"x")
         except OSError:
