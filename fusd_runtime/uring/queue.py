@@ -292,9 +292,12 @@ class FuseQueue:
                 self.arena = None  # type: ignore[assignment]
 
     def _wake(self) -> None:
+        efd = self.efd
+        if efd < 0:
+            return  # closed: the thread is gone
         try:
-            os.eventfd_write(self.efd, 1)
-        except OSError:
+            os.eventfd_write(efd, 1)
+        except (OSError, ValueError):
             pass
 
     # ------------------------------------------------------------------ submission (queue thread only)
