@@ -1,7 +1,8 @@
 """``fusd bench``: what one system call on a fusd device costs, beside the kernel's own floor.
 
     python -m fusd_runtime.bench [--device module:Class] [--pin same|split|none]
-                                 [--transport fuse|cuse] [--iterations N] [--quick]
+                                 [--transport fuse|uring|cuse] [--iterations N] [--quick]
+    fusd bench --transport uring --enable-uring --pin none   # FUSE-over-io_uring vs its C reference
 
 A server process (``python -m fusd_runtime.perfserver``) serves the device as
 ``dev0`` (default: the built-in :class:`~fusd_runtime.examples.PerfFile`) and a
@@ -27,6 +28,13 @@ Kernel floors, measured in the same run with the same client: ``/dev/null``,
 ``/dev/zero``, a 64 KiB file on tmpfs (``/dev/shm``) and a pipe(2) for
 ``pollwake``.  ``ratio`` divides our median by the floor named beside it.
 
+``--transport uring`` serves through FUSE-over-io_uring and also measures, in the
+same run and interleaved op by op, ``bench_refs/uring_fuse.c``: a C server on the
+same kernel path (a ring per CPU), built here with gcc; ``vs C`` divides our median
+by its.  The kernel offers io_uring only while ``/sys/module/fuse/parameters/
+enable_uring`` is Y: set it yourself, or pass ``--enable-uring`` (root) to have it
+set while the servers start and put back right after (a connection keeps io_uring).
+
 Pinning (``--pin``): ``same`` puts client and server on one CPU (the stable,
 comparable number), ``split`` on two CPUs, ``none`` leaves it to the scheduler
 (what an ordinary user sees; on VMs cross-CPU wakeups can cost tens of µs).
@@ -36,6 +44,7 @@ Benchmarks print numbers; nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import select
@@ -301,6 +310,7 @@ class BenchServer:
     def __init__(self, *, device: Optional[str] = None, transport: str = "fuse", readers: Optional[int] = None,
                  cpu: Optional[int] = None, timeout: float = 20.0) -> None:
         self.device, self.transport, self.readers, self.cpu, self.timeout = device, transport, readers, cpu, timeout
+        self.served_by = transport  # what the server says it serves through (uring may fall back to fuse)
         self.proc: Optional[subprocess.Popen[str]] = None
         self.mountpoint: Optional[str] = None
         self.paths: Dict[str, str] = {}
@@ -311,7 +321,7 @@ class BenchServer:
             cmd += ["--readers", str(self.readers)]
         if self.device:
             cmd += ["--device", self.device]
-        if self.transport == "fuse":
+        if self.transport in ("fuse", "uring"):
             self.mountpoint = tempfile.mkdtemp(prefix="fusd-bench-")
             cmd.append(self.mountpoint)
         cpu = self.cpu
@@ -326,6 +336,7 @@ class BenchServer:
             self.__exit__()
             raise RuntimeError(f"the bench server did not start (exit code {self.proc.returncode})")
         self.paths = dict(kv.split("=", 1) for kv in line.split()[1:])
+        self.served_by = self.paths.pop("transport", self.transport)
         return self
 
     def _readline(self) -> str:
@@ -351,6 +362,100 @@ class BenchServer:
             except OSError:
                 pass
             self.mountpoint = None
+
+
+class RefServer:
+    """A C reference server from ``bench_refs/`` (built with gcc, cached), pinned as asked; a context manager.
+
+    It mounts a temporary directory, answers ``READY dev0=PATH readers=N`` on stdout
+    once serving, or exits 3 after ``SKIP: reason`` on stderr when it cannot run here
+    (then ``skipped`` holds the reason); SIGTERM stops it (it unmounts).
+    """
+
+    def __init__(self, name: str, *, cpu: Optional[int] = None, progress: Any = None, timeout: float = 20.0) -> None:
+        self.name, self.cpu, self.progress, self.timeout = name, cpu, progress, timeout
+        self.proc: Optional[subprocess.Popen[str]] = None
+        self.mountpoint: Optional[str] = None
+        self.paths: Dict[str, str] = {}
+        self.skipped: Optional[str] = None
+
+    def build(self) -> Optional[str]:
+        """The executable (compiled once per source version), or None with ``skipped`` set."""
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_refs", self.name + ".c")
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            self.skipped = "no C compiler"
+            return None
+        with open(src, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+        cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fusd")
+        exe = os.path.join(cache, f"{self.name}-{digest}")
+        if os.access(exe, os.X_OK):
+            return exe
+        os.makedirs(cache, exist_ok=True)
+        if self.progress:
+            self.progress(f"compiling {self.name}.c with {gcc}")
+        tmp = exe + f".tmp{os.getpid()}"
+        out = subprocess.run([gcc, "-O2", "-Wall", "-o", tmp, src, "-lpthread"], capture_output=True, text=True)
+        if out.returncode != 0:
+            self.skipped = f"{self.name}.c did not build: {out.stderr.strip().splitlines()[-1:]}"
+            return None
+        os.replace(tmp, exe)
+        return exe
+
+    def __enter__(self) -> RefServer:
+        exe = self.build()
+        if exe is None:
+            return self
+        self.mountpoint = tempfile.mkdtemp(prefix=f"fusd-bench-{self.name}-")
+        cpu = self.cpu
+        pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        self.proc = subprocess.Popen([exe, self.mountpoint], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=pre, start_new_session=True)
+        ready: List[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()  # type: ignore[union-attr]
+                                                              ), daemon=True)
+        reader.start()
+        reader.join(self.timeout)
+        line = ready[0] if ready else ""
+        if not line.startswith("READY"):
+            err = ""
+            if self.proc.poll() is not None and self.proc.stderr is not None:
+                err = self.proc.stderr.read().strip()
+            skip = [x[5:].strip() for x in err.splitlines() if x.startswith("SKIP:")]
+            self.skipped = skip[0] if skip and self.proc.returncode == 3 else \
+                f"did not start ({err.splitlines()[-1] if err else 'no READY line'})"
+            self.__exit__()
+            return self
+        self.paths = dict(kv.split("=", 1) for kv in line.split()[1:])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            self.proc = None
+        if self.mountpoint:
+            if _mounted(self.mountpoint):
+                subprocess.run(["umount", "-l", self.mountpoint], capture_output=True)
+            try:
+                os.rmdir(self.mountpoint)
+            except OSError:
+                pass
+            self.mountpoint = None
+
+
+#: the C reference ``--transport uring`` measures against (``bench_refs/``)
+URING_REF = "uring_fuse"
 
 
 def _mounted(path: str) -> bool:
@@ -389,19 +494,38 @@ def _cpus(pin: str) -> Tuple[Optional[int], Optional[int]]:
 
 def measure(*, device: Optional[str] = None, pin: str = "same", transport: str = "fuse", iterations: int = 20000,
             warmup: int = 1000, readers: Optional[int] = None, ops: Sequence[str] = OPS, client: str = "auto",
-            floors: bool = True, progress: Any = None) -> Dict[str, Any]:
-    """Run every op against the fusd device and the floors; returns rows and metadata."""
+            floors: bool = True, progress: Any = None, enable_uring: bool = False) -> Dict[str, Any]:
+    """Run every op against the fusd device (and, for uring, its C reference) and the floors."""
     say = progress or (lambda msg: None)
     exe = build_c_client(say) if client in ("auto", "c") else None
     if client == "c" and exe is None:
         raise RuntimeError("no C compiler found for the C client")
     ccpu, scpu = _cpus(pin)
+    with contextlib.ExitStack() as stack:
+        enabled = None
+        if enable_uring:
+            from .uring import uring_enabled  # only when asked for
+            enabled = stack.enter_context(uring_enabled())
+        server = stack.enter_context(BenchServer(device=device, transport=transport, readers=readers, cpu=scpu))
+        ref = stack.enter_context(RefServer(URING_REF, cpu=scpu, progress=say)) if transport == "uring" else None
+        if enabled is not None:
+            enabled.restore()  # both are up: their connections keep io_uring
+        return _measure_with(server, ref, exe, ops, iterations, warmup, ccpu, floors, say,
+                             {"pin": pin, "transport": transport, "iterations": iterations, "device": device,
+                              "readers": readers, "scpu": scpu})
+
+
+def _measure_with(server: BenchServer, ref: Optional[RefServer], exe: Optional[str], ops: Sequence[str],
+                  iterations: int, warmup: int, ccpu: Optional[int], floors: bool, say: Any,
+                  meta: Dict[str, Any]) -> Dict[str, Any]:
     rows: List[Dict[str, Any]] = []
-    with BenchServer(device=device, transport=transport, readers=readers, cpu=scpu) as server, Floors() as fl:
+    with Floors() as fl:
         jobs: List[Tuple[str, str, str]] = []
         for op in ops:
             target = server.paths["pipe0"] if op == "pollwake" else server.paths["dev0"]
             jobs.append(("fusd", op, target))
+            if ref is not None and ref.paths and op != "pollwake":  # interleaved: same load for both
+                jobs.append((URING_REF, op, ref.paths["dev0"]))
         if floors:
             for name, fops in FLOOR_OPS.items():
                 jobs += [(name, op, fl.targets[name]) for op in fops if op in ops]
@@ -410,30 +534,47 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
             row = run_client(exe, op, target, iterations, warmup, ccpu)
             row["target"] = name
             rows.append(row)
+    readers, scpu = meta["readers"], meta["scpu"]
     return {"rows": rows, "client": "C (gcc, compiled at run time)" if exe else "Python (os.pread etc.; slower loop)",
-            "pin": pin, "transport": transport, "iterations": iterations,
+            "pin": meta["pin"], "transport": meta["transport"], "served_by": server.served_by,
+            "iterations": meta["iterations"],
             "readers": readers if readers is not None else (1 if scpu is not None else 2),  # the server's default
-            "device": device or "fusd_runtime.examples:PerfFile"}
+            "device": meta["device"] or "fusd_runtime.examples:PerfFile",
+            "reference": None if ref is None else {"name": URING_REF, "skipped": ref.skipped}}
 
 
 def table(result: Dict[str, Any]) -> str:
     """The result as a text table: per op our median/p99/calls/s and the ratio to its floor."""
     rows = result["rows"]
     by = {(r["target"], r["op"]): r for r in rows}
-    lines = [f"device {result['device']} via {result['transport']}, pin={result['pin']}, "
+    via = result["transport"]
+    if result.get("served_by", via) != via:
+        via += f" (fell back to {result['served_by']})"
+    lines = [f"device {result['device']} via {via}, pin={result['pin']}, "
              f"readers={result['readers']}, {result['iterations']} calls per op, client: {result['client']}",
-             f"{'target':8} {'op':10} {'median µs':>10} {'p99 µs':>9} {'calls/s':>10} {'errors':>7}"
+             f"{'target':10} {'op':10} {'median µs':>10} {'p99 µs':>9} {'calls/s':>10} {'errors':>7}"
              f" {'floor':>6} {'floor µs':>9} {'ratio':>7}"]
     for r in rows:
         floor = FLOOR_FOR.get(r["op"], "")
         f = by.get((floor, r["op"])) if r["target"] == "fusd" else None
         ratio = f"{r['median'] / f['median']:.1f}x" if f and f["median"] > 0 else ""
         err = str(r["errors"]) + (f" ({os.strerror(r['errno'])})" if r["errors"] and r["errno"] else "")
-        lines.append(f"{r['target']:8} {r['op']:10} {r['median']:10.2f} {r['p99']:9.2f} {r['ops_per_s']:10.0f}"
+        lines.append(f"{r['target']:10} {r['op']:10} {r['median']:10.2f} {r['p99']:9.2f} {r['ops_per_s']:10.0f}"
                      f" {err:>7} {floor if f else '':>6} {f['median'] if f else float('nan'):9.2f} {ratio:>7}"
                      if f else
-                     f"{r['target']:8} {r['op']:10} {r['median']:10.2f} {r['p99']:9.2f} {r['ops_per_s']:10.0f}"
+                     f"{r['target']:10} {r['op']:10} {r['median']:10.2f} {r['p99']:9.2f} {r['ops_per_s']:10.0f}"
                      f" {err:>7}")
+    ref = result.get("reference")
+    if ref:
+        if ref["skipped"]:
+            lines.append(f"{ref['name']} (C reference): skipped: {ref['skipped']}")
+        else:
+            ratios = []
+            for r in rows:
+                c = by.get((ref["name"], r["op"])) if r["target"] == "fusd" else None
+                if c and c["median"] > 0:
+                    ratios.append(f"{r['op']} {r['median'] / c['median']:.2f}x (p99 {r['p99'] / c['p99']:.2f}x)")
+            lines.append(f"vs C ({ref['name']}, same run, interleaved): " + ", ".join(ratios))
     return "\n".join(lines)
 
 
@@ -444,7 +585,10 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--device", metavar="module:Class", help="your device class (default: the built-in PerfFile)")
     p.add_argument("--pin", choices=("same", "split", "none"), default="same",
                    help="client and server on one CPU (default), two CPUs, or unpinned")
-    p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
+    p.add_argument("--transport", choices=("fuse", "uring", "cuse"), default="fuse",
+                   help="uring: FUSE-over-io_uring, measured beside the C reference bench_refs/uring_fuse.c")
+    p.add_argument("--enable-uring", action="store_true",
+                   help="root: set the fuse enable_uring parameter to Y while the servers start, then back")
     p.add_argument("--iterations", "-n", type=int, default=20000, help="timed calls per op (default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default iterations/20)")
     p.add_argument("--quick", action="store_true", help="200 calls per op: checks it works, numbers are rough")
@@ -470,6 +614,21 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
             print("fusd bench: cuse: not available here (needs /dev/cuse, i.e. CONFIG_CUSE, and root); "
                   "use --transport fuse", file=sys.stderr)
             return 2
+    if args.transport == "uring":
+        from .uring import enable_uring_parameter
+        param = enable_uring_parameter()
+        if param is None:
+            print("fusd bench: this kernel has no FUSE-over-io_uring (no fuse enable_uring parameter)",
+                  file=sys.stderr)
+            return 2
+        if not param and not args.enable_uring:
+            print("fusd bench: the kernel offers FUSE-over-io_uring only while "
+                  "/sys/module/fuse/parameters/enable_uring is Y: set it, or add --enable-uring (root)",
+                  file=sys.stderr)
+            return 2
+        if args.enable_uring and os.geteuid() != 0:
+            print("fusd bench: --enable-uring needs root", file=sys.stderr)
+            return 2
     if os.geteuid() != 0 and not shutil.which("fusermount3"):
         print("fusd bench: needs root or fusermount3 to mount", file=sys.stderr)
         return 2
@@ -480,7 +639,8 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     try:
         result = measure(device=args.device, pin=args.pin, transport=args.transport, iterations=iterations,
                          warmup=warmup, readers=args.readers, ops=ops, client=args.client,
-                         floors=not args.no_floors, progress=progress)
+                         floors=not args.no_floors, progress=progress,
+                         enable_uring=args.enable_uring and args.transport == "uring")
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         print(f"fusd bench: {exc}", file=sys.stderr)
         return 1

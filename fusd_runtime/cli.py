@@ -2,6 +2,7 @@
 
     fusd demo                         start example devices and drive them with real syscalls
     fusd serve mymod:MyDevice         serve your device class (FUSE directory or CUSE)
+    fusd serve mymod:MyDevice --transport uring   ... through FUSE-over-io_uring (enable_uring=Y)
     fusd bench                        per-syscall round-trip latency against the kernel floor
     fusd decode capture.pcapng        decode a protocol capture (same as python -m fusd_wire decode)
     fusd replay cap.pcapng --device mymod:MyDevice   replay a recording to a device, diff its replies
@@ -75,7 +76,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     serve = sub.add_parser("serve", help="serve a device class: fusd serve module:Class")
     serve.add_argument("device", help="module:Class or file.py:Class (a fusd_runtime.Device subclass)")
     serve.add_argument("--name", help="device name (default: the class's name, lowercased)")
-    serve.add_argument("--transport", choices=["auto", "fuse", "cuse"], default="auto")
+    serve.add_argument("--transport", choices=["auto", "fuse", "uring", "cuse"], default="auto",
+                       help="auto: CUSE where available, else FUSE; uring: FUSE over io_uring (needs "
+                            "/sys/module/fuse/parameters/enable_uring Y while it starts; else read/write, "
+                            "with a warning saying so)")
     serve.add_argument("--mountpoint", help="FUSE: the directory to serve in (default: a temporary one)")
     serve.add_argument("--readers", type=int, help="reader threads (default: 2, or 1 when pinned to one CPU)")
     serve.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")

@@ -66,7 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def ready() -> None:
         names = ["dev0"] + (["pipe0", "counter0"] if args.pipe else [])
-        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names), flush=True)
+        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names)
+              + f" transport={server.transport}", flush=True)  # uring, or fuse after a fallback
 
     try:
         server.serve_forever(ready=ready)

@@ -496,6 +496,34 @@ def test_a_burst_of_blocked_readers_beyond_the_first_entries_is_all_served(no_le
         srv.stop()
 
 
+@needs_uring
+@pytest.mark.parametrize("enabled", [True, False])
+def test_fusd_serve_transport_uring_says_which_channel_serves(tmp_path, enabled, no_leftover_mounts) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = [sys.executable, "-m", "fusd_runtime", "serve", "fusd_runtime.examples:Hello", "--transport", "uring",
+           "--mountpoint", str(mnt)]
+    if enabled:
+        with uring_enabled():
+            proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            line = proc.stderr.readline()
+    else:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        warning, line = proc.stderr.readline(), proc.stderr.readline()
+        assert "io_uring transport not used" in warning and "enable_uring is N" in warning
+    try:
+        assert "serving Hello" in line and ("(uring)" if enabled else "(fuse)") in line, line
+        with open(mnt / "hello") as f:
+            assert "Hello from a Python device" in f.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert not is_mounted(str(mnt))
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
 def test_no_mount_and_no_y_left_behind() -> None:
     """Runs last in this file: nothing of ours stays mounted, enable_uring is back to N."""
     if enable_uring_parameter() is not None:

@@ -30,14 +30,13 @@ it returns.  Callbacks that wait must defer (``ctx.defer()``) or be ``async``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import logging
 import os
 import select
 import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 from fusd_wire import FAST
 from fusd_wire import constants as C
@@ -79,24 +78,36 @@ def enable_uring_parameter() -> Optional[bool]:
         return None
 
 
-@contextlib.contextmanager
-def uring_enabled() -> Iterator[None]:
-    """Set the fuse ``enable_uring`` parameter to Y for the block, then back to what it was.
+class uring_enabled:
+    """``with uring_enabled():`` the fuse ``enable_uring`` parameter is Y, then back to what it was.
 
     The kernel reads it when it sends INIT (to offer FUSE_OVER_IO_URING) and when the
     rings register; a connection that has io_uring keeps it after the parameter goes
-    back to N, so a server only needs it while it starts.  Needs root; OSError if the
-    kernel has no such parameter.
+    back to N, so a server only needs it while it starts: ``restore()`` puts it back
+    early (leaving the block does too, once).  Needs root; OSError where the kernel
+    has no such parameter.
     """
-    with open(ENABLE_URING) as f:
-        old = f.read().strip()
-    with open(ENABLE_URING, "w") as f:
-        f.write("Y")
-    try:
-        yield
-    finally:
+
+    def __init__(self) -> None:
+        self.old: Optional[str] = None
+
+    def __enter__(self) -> uring_enabled:
+        with open(ENABLE_URING) as f:
+            old = f.read().strip()
         with open(ENABLE_URING, "w") as f:
-            f.write(old if old in ("Y", "N") else "N")
+            f.write("Y")
+        self.old = old if old in ("Y", "N") else "N"
+        return self
+
+    def restore(self) -> None:
+        """Put the parameter back now (idempotent)."""
+        if self.old is not None:
+            with open(ENABLE_URING, "w") as f:
+                f.write(self.old)
+            self.old = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
 
 def not_offered_reason(minor: int) -> str:
