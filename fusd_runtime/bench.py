@@ -382,6 +382,9 @@ class RefServer:
     def build(self) -> Optional[str]:
         """The executable (compiled once per source version), or None with ``skipped`` set."""
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_refs", self.name + ".c")
+        if not os.path.exists(src):
+            self.skipped = f"{src} is missing"
+            return None
         gcc = shutil.which("gcc") or shutil.which("cc")
         if gcc is None:
             self.skipped = "no C compiler"

@@ -100,6 +100,7 @@ def test_wheel_holds_the_two_packages_and_nothing_else(wheel):
         sources = {str(p.relative_to(ROOT)) for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts}
         assert sources <= set(names), f"missing from the wheel: {sorted(sources - set(names))}"
     assert "fusd_wire/trace/__init__.py" in names
+    assert "fusd_runtime/bench_refs/uring_fuse.c" in names  # fusd bench --transport uring builds it
     info = next(iter(dist_info))
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "Requires-Dist: construct" in meta

@@ -524,6 +524,24 @@ def test_fusd_serve_transport_uring_says_which_channel_serves(tmp_path, enabled,
         proc.stderr.close()
 
 
+@needs_uring
+def test_fusd_bench_transport_uring_measures_beside_the_c_reference(no_leftover_mounts) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc for the C client and the C reference")
+    bench = [sys.executable, "-m", "fusd_runtime", "bench", "--transport", "uring", "--ops", "pread1,ioctl",
+             "--no-floors", "--iterations", "300"]
+    refused = subprocess.run(bench, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert refused.returncode == 2 and "--enable-uring" in refused.stderr  # the bench changes nothing unasked
+    out = subprocess.run(bench + ["--enable-uring"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "via uring," in out.stdout and "fell back" not in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert {(r[0], r[1]) for r in rows if len(r) > 2} >= {("fusd", "pread1"), ("uring_fuse", "pread1"),
+                                                         ("fusd", "ioctl"), ("uring_fuse", "ioctl")}
+    assert "vs C (uring_fuse, same run, interleaved): pread1 " in out.stdout
+    assert enable_uring_parameter() is False  # put back
+
+
 def test_no_mount_and_no_y_left_behind() -> None:
     """Runs last in this file: nothing of ours stays mounted, enable_uring is back to N."""
     if enable_uring_parameter() is not None:
