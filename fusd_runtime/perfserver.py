@@ -43,6 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also serve a PipeDevice as pipe0 (poll wakeups) and a Counter as counter0")
     p.add_argument("--transport", choices=("fuse", "uring", "cuse"), default="fuse",
                    help="uring: FUSE-over-io_uring (needs the fuse enable_uring parameter Y; else read/write)")
+    p.add_argument("--enable-uring", action="store_true",
+                   help="with --transport uring, as root: set the fuse enable_uring parameter to Y while this "
+                        "server starts and back right after (for harnesses that start servers one by one)")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
     device = load_device(args.device) if args.device else PerfFile()
@@ -64,7 +67,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.add(PipeDevice(), prefix + "pipe0")
         server.add(Counter(), prefix + "counter0")  # an _IOWR ioctl: a struct in and out
 
+    enabled: Any = None
+    if args.enable_uring and args.transport == "uring":
+        from .uring import uring_enabled
+        enabled = uring_enabled().__enter__()
+
     def ready() -> None:
+        if enabled is not None:
+            enabled.restore()  # serving: the connection keeps io_uring
         names = ["dev0"] + (["pipe0", "counter0"] if args.pipe else [])
         print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names)
               + f" transport={server.transport}", flush=True)  # uring, or fuse after a fallback
@@ -73,6 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.serve_forever(ready=ready)
     except KeyboardInterrupt:
         pass
+    finally:
+        if enabled is not None:
+            enabled.restore()
     return 0
 
 

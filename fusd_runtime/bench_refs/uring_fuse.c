@@ -12,7 +12,11 @@
  * liburing), the way fusd_runtime/uring does it, so the ratio is what Python
  * costs on top of the same kernel path.
  *
- *   uring_fuse [--readers N] [--depth N] [--setup-flags F] MOUNTPOINT     (root)
+ *   uring_fuse [--readers N] [--depth N] [--setup-flags F] [--enable-uring] MOUNTPOINT     (root)
+ *
+ * --enable-uring: set the fuse parameter enable_uring to Y while this server starts and
+ * put the old value back once it serves (a connection keeps io_uring); for harnesses that
+ * start servers one by one.  Without it the parameter is read, never changed.
  *
  * The kernel's rules (fs/fuse/dev_uring.c) shape it:
  *  - INIT comes on /dev/fuse.  FUSE_OVER_IO_URING (flags2 bit 9, with FUSE_INIT_EXT)
@@ -110,6 +114,26 @@ static size_t payload_sz = MAX_WRITE; /* max(FUSE_MIN_READ_BUFFER, max_write, ma
 static const char *mountpoint;
 static char dev0_path[PATH_MAX + 8];
 static time_t start_time;
+static int enable_uring_flag;
+static char old_enable_uring = 0; /* 'Y' or 'N' once we changed it */
+#define ENABLE_URING "/sys/module/fuse/parameters/enable_uring"
+
+static void set_enable_uring(char value)
+{
+	FILE *f = fopen(ENABLE_URING, "w");
+	if (f) {
+		fputc(value, f);
+		fclose(f);
+	}
+}
+
+static void restore_enable_uring(void)
+{
+	if (old_enable_uring) {
+		set_enable_uring(old_enable_uring);
+		old_enable_uring = 0;
+	}
+}
 
 struct entry {
 	struct uring_req_header *hdr;
@@ -138,6 +162,7 @@ static int started;
 
 static void skip(const char *why)
 {
+	restore_enable_uring();
 	fprintf(stderr, "SKIP: %s\n", why);
 	if (mountpoint)
 		umount2(mountpoint, MNT_DETACH);
@@ -502,6 +527,7 @@ static void *dev_loop(void *unused)
 		if (ih->opcode == FUSE_INIT) {
 			dev_init(ih, (void *)(buf + sizeof(*ih)));
 			start_queues();
+			restore_enable_uring();
 			printf("READY dev0=%s readers=%d\n", dev0_path, nqueues);
 			fflush(stdout);
 			continue;
@@ -523,6 +549,8 @@ int main(int argc, char **argv)
 			depth = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--setup-flags") && i + 1 < argc)
 			setup_flags = strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--enable-uring"))
+			enable_uring_flag = 1;
 		else if (argv[i][0] == '-') {
 			fprintf(stderr, "%s: unknown option %s\n", argv[0], argv[i]);
 			return 2;
@@ -554,7 +582,18 @@ int main(int argc, char **argv)
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+	if (enable_uring_flag) {
+		FILE *f = fopen(ENABLE_URING, "r");
+		int c = f ? fgetc(f) : EOF;
+		if (f)
+			fclose(f);
+		if (c != 'Y' && c != 'N')
+			skip("this kernel has no fuse enable_uring parameter");
+		old_enable_uring = (char)c;
+		set_enable_uring('Y');
+	}
 	if (mount("uring_fuse", real, "fuse.uring_fuse", MS_NOSUID | MS_NODEV, opts) < 0) {
+		restore_enable_uring();
 		perror("mount");
 		return 1;
 	}

@@ -525,9 +525,10 @@ class FuseQueue:
         pack_u64 = _U64.pack_into
         err_cell = errno_cell()
         slow = self._slow
-        plain = session.recorder is None
         enter, getevents = abi.SYS_io_uring_enter, _GETEVENTS
-        small = _IN_SIZE + _OP_MAX  # a request whose fixed struct fits op_in
+        # the largest request served inline: one whose fixed struct fits op_in (when recording,
+        # none: every request goes through _slow, which records it)
+        small = _IN_SIZE + _OP_MAX if session.recorder is None else -1
         reply_at, payload_at, out_size = _STAGE_REPLY, _STAGE_PAYLOAD, _OUT_SIZE
         mask32 = 0xFFFFFFFF
         while True:
@@ -558,7 +559,7 @@ class FuseQueue:
                     continue
                 ent, hdr, hdr_view, req, commit_at = fast[user_data]
                 length, opcode, unique, nodeid, uid, gid, pid, psz = unpack_request(hdr)
-                if psz or length > small or length < min_length[opcode & 4095] or not plain:
+                if psz or length > small or length < min_length[opcode & 4095]:
                     slow(ent, length, opcode, unique, nodeid, uid, gid, pid, psz)
                     continue
                 handler = handlers.get(opcode)
