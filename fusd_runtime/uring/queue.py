@@ -27,13 +27,13 @@ entry until it is answered.  A request that finds no free entry waits in the
 kernel -- and the kernel hands such waiting requests out only when some entry of
 the queue commits, *not* when new entries register (fs/fuse/dev_uring.c): if every
 entry is held by deferred calls that wait for a request that is itself waiting,
-nothing moves.  So a queue never lets its free entries run out: it starts with
-``depth`` entries and, whenever a deferral leaves fewer than a quarter of them
-free (at least :data:`LOW_WATER`), doubles them, up to ``max_entries`` (2048 per
-CPU by default; beyond that a warning says that further requests from that CPU
-wait for a held call to be answered).  The payload buffers are virtual memory
-until touched (an mmap'd arena, below), so a thousand blocked readers cost their
-288-byte headers, not 128 KiB each.
+nothing moves until some other call on that CPU is answered.  So a queue keeps at
+least as many entries free as deferred calls hold (and :data:`LOW_WATER`): when a
+deferral leaves fewer, it doubles its entries, up to ``max_entries`` (2048 per CPU
+by default; beyond that, or after a burst faster than the queue could grow, a
+warning says that requests from that CPU may wait for a held call to be answered).
+The payload buffers are virtual memory until touched (an mmap'd arena, below), so a
+thousand blocked readers cost their 288-byte headers, not 128 KiB each.
 
 Buffers per entry: the 288-byte ``fuse_uring_req_header`` (a bytearray) and a
 slot of the queue's *arena*, one anonymous mmap for all its entries: the slot's
@@ -71,6 +71,8 @@ log = logging.getLogger("fusd")
 
 #: free entries below which a queue always registers more (after a call deferred)
 LOW_WATER = 4
+#: payloads up to this size (not WRITE's) are staged in the entry's own small buffer
+SMALL_PAYLOAD = 4096
 
 _HDR = FAST.fuse_uring_req_header
 _IN_HEADER = FAST.fuse_in_header
@@ -140,7 +142,7 @@ class RingEntry:
     """
 
     __slots__ = ("queue", "idx", "hdr", "req", "hdr_view", "op40_src", "op40_dst", "held", "sqe_off",
-                 "commit_at", "cmd", "iov", "_exports")
+                 "commit_at", "cmd", "iov", "small", "_exports")
 
     def __init__(self, queue: FuseQueue, idx: int, req: memoryview, req_address: int, payload_size: int) -> None:
         self.queue = queue
@@ -153,6 +155,7 @@ class RingEntry:
         self.op40_src = memoryview(self.hdr)[_OP_IN:_OP_IN + _STAGE_PAYLOAD - _STAGE_OP]
         self.op40_dst = req[_STAGE_OP:_STAGE_PAYLOAD]
         self.held = False  # held by a deferred call
+        self.small: Optional[bytearray] = None  # staging for small payloads (LOOKUP's name), made on first use
         self.sqe_off = idx * queue.ring.sqe_size
         self.commit_at = self.sqe_off + _COMMIT_ID_AT  # where the SQE holds fuse_uring_cmd_req.commit_id
         self.cmd = REGISTER
@@ -191,7 +194,7 @@ class FuseQueue:
         cpu: the CPU to pin the thread to, or None (the process's affinity).
     """
 
-    def __init__(self, session: Any, qid: int, devfd: int, payload_size: int, depth: int = 8,
+    def __init__(self, session: Any, qid: int, devfd: int, payload_size: int, depth: int = 32,
                  max_entries: int = 2048, cpu: Optional[int] = None) -> None:
         self.session = session
         self.qid = qid
@@ -240,6 +243,7 @@ class FuseQueue:
         #: why the kernel ended this queue (None while serving, or when we stopped it)
         self.end_reason: Optional[str] = None
         self._warned_full = False
+        self._warned_empty = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -525,6 +529,7 @@ class FuseQueue:
         pack_u64 = _U64.pack_into
         err_cell = errno_cell()
         slow = self._slow
+        stage = self._stage
         enter, getevents = abi.SYS_io_uring_enter, _GETEVENTS
         # the largest request served inline: one whose fixed struct fits op_in (when recording,
         # none: every request goes through _slow, which records it)
@@ -559,31 +564,46 @@ class FuseQueue:
                     continue
                 ent, hdr, hdr_view, req, commit_at = fast[user_data]
                 length, opcode, unique, nodeid, uid, gid, pid, psz = unpack_request(hdr)
-                if psz or length > small or length < min_length[opcode & 4095]:
+                if psz:  # WRITE's data (in place), LOOKUP's name, an ioctl's input (staged)
+                    buf = stage(ent, length, psz)
+                    if buf is None or small < 0 or length < min_length[opcode & 4095]:
+                        slow(ent, length, opcode, unique, nodeid, uid, gid, pid, psz)
+                        continue
+                elif small < length or length < min_length[opcode & 4095]:  # recording, or sizes that lie
                     slow(ent, length, opcode, unique, nodeid, uid, gid, pid, psz)
                     continue
+                else:
+                    buf = hdr_view
                 handler = handlers.get(opcode)
                 try:
-                    parts = handler(ent, hdr_view, length, unique, nodeid, uid, gid, pid) if handler is not None \
+                    parts = handler(ent, buf, length, unique, nodeid, uid, gid, pid) if handler is not None \
                         else self._unhandled(ent, opcode, unique)
                     if parts is None:
                         self._answered_or_deferred(ent)
                         continue
-                    # (req ends where the kernel's payload buffer does: a reply too long for
-                    # it raises ValueError here, answered EIO below)
+                    # The reply: its header to in_out (with payload_sz), the body to the payload.
+                    # (req ends where the kernel's payload buffer does: a reply too long for it
+                    # raises ValueError here, answered EIO below)
                     p0 = parts[0]
+                    n0 = len(p0)
                     if len(parts) == 1:  # header (+ its fixed struct): the header at 64, the body at 80
-                        n0 = len(p0)
                         req[reply_at:reply_at + n0] = p0
-                        out_and_psz(hdr, 0, p0, n0 - out_size)
-                    elif len(parts) == 2 and len(p0) == out_size:  # header and data
+                        size = n0 - out_size
+                    elif len(parts) == 2:
                         data = parts[1]
                         m = len(data)
-                        req[payload_at:payload_at + m] = data
-                        out_and_psz(hdr, 0, p0, m)
+                        if n0 == out_size:  # header and data (READ)
+                            req[payload_at:payload_at + m] = data
+                            size = m
+                        else:  # header, fixed struct and data (IOCTL)
+                            req[reply_at:reply_at + n0] = p0
+                            end = reply_at + n0
+                            req[end:end + m] = data
+                            size = n0 - out_size + m
                     else:
                         self.commit(ent, parts)
                         continue
+                    out_and_psz(hdr, 0, p0, size)
                     pack_u64(sqes, commit_at, unique)
                     sq_array[t & sq_mask] = user_data
                     t += 1
@@ -598,7 +618,7 @@ class FuseQueue:
 
     def _slow(self, ent: RingEntry, length: int, opcode: int, unique: int, nodeid: int, uid: int, gid: int,
               pid: int, psz: int) -> None:
-        """A request with payload (WRITE, LOOKUP, an ioctl's input), an odd one, or a recorded one."""
+        """A request whose sizes do not add up (answered EIO), or any request while recording."""
         session = self.session
         buf: Any = self._stage(ent, length, psz) if psz else ent.hdr_view if length - _IN_SIZE <= _OP_MAX else None
         if buf is None or length < session.min_length[opcode & 4095]:
@@ -629,8 +649,13 @@ class FuseQueue:
             ent.held = True
             self.held += 1
             n = len(self.entries)
-            if n - self.held < max(LOW_WATER, n >> 2):
+            if n - self.held < max(LOW_WATER, self.held):  # keep as many free as held
                 self._grow()
+            elif n == self.held and not self._warned_empty:
+                self._warned_empty = True
+                log.warning("fusd: ring queue %d: every entry was held by a deferred call for a moment; a "
+                            "request that came then waits until another call from CPU %d is answered",
+                            self.qid, self.qid)
 
     def _stage(self, ent: RingEntry, length: int, psz: int) -> Any:
         """A request with payload, laid out for the handlers: struct at 40, payload right after."""
@@ -642,9 +667,17 @@ class FuseQueue:
             ent.op40_dst[:] = ent.op40_src
             return req
         # anything else (LOOKUP's name, an ioctl's input; small): a bytearray in the read/write layout
-        buf = bytearray(_STAGE_OP + opsize + psz)
-        buf[_STAGE_OP:_STAGE_OP + opsize] = ent.hdr[_OP_IN:_OP_IN + opsize]
-        buf[_STAGE_OP + opsize:] = req[_STAGE_PAYLOAD:_STAGE_PAYLOAD + psz]
+        # (the entry's own for up to SMALL_PAYLOAD bytes; the handler reads only the request's n)
+        end = _STAGE_OP + opsize + psz
+        if psz <= SMALL_PAYLOAD:
+            buf = ent.small
+            if buf is None:
+                buf = ent.small = bytearray(_STAGE_OP + _OP_MAX + SMALL_PAYLOAD)
+        else:
+            buf = bytearray(end)
+        if opsize:
+            buf[_STAGE_OP:_STAGE_OP + opsize] = ent.hdr[_OP_IN:_OP_IN + opsize]
+        buf[_STAGE_OP + opsize:end] = req[_STAGE_PAYLOAD:_STAGE_PAYLOAD + psz]
         return buf
 
     def _bad_request(self, ent: RingEntry, opcode: int, length: int, psz: int, unique: int) -> None:
