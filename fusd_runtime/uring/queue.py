@@ -194,7 +194,7 @@ class FuseQueue:
         cpu: the CPU to pin the thread to, or None (the process's affinity).
     """
 
-    def __init__(self, session: Any, qid: int, devfd: int, payload_size: int, depth: int = 32,
+    def __init__(self, session: Any, qid: int, devfd: int, payload_size: int, depth: int = 128,
                  max_entries: int = 2048, cpu: Optional[int] = None) -> None:
         self.session = session
         self.qid = qid

@@ -132,7 +132,7 @@ class UringFuseSession(FuseSession):
         pin: pin each queue's thread to its CPU (when this process may run there).
     """
 
-    def __init__(self, fd: int, registry: Any, mountpoint: str, *, depth: int = 32, max_entries: int = 2048,
+    def __init__(self, fd: int, registry: Any, mountpoint: str, *, depth: int = 128, max_entries: int = 2048,
                  pin: bool = True, **kwargs: Any) -> None:
         super().__init__(fd, registry, mountpoint, **kwargs)
         self.depth = depth
