@@ -292,7 +292,10 @@ class FuseQueue:
                 self.efd = -1
             if not alive and self.arena is not None:
                 self.arena_view.release()
-                self.arena.close()
+                try:
+                    self.arena.close()
+                except BufferError:
+                    pass  # a view a callback kept (in a traceback, say): unmapped when it goes
                 self.arena = None  # type: ignore[assignment]
 
     def _wake(self) -> None:
