@@ -34,7 +34,7 @@ import asyncio
 import collections.abc
 import errno
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from .device import DEFER, ReplyHandle
 from .strand import LoopStrand, Strand, strand_of
@@ -44,8 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .session import Session
 
 _NOTHING = object()
-_set_running_loop = asyncio.events._set_running_loop
-_get_running_loop = asyncio.events._get_running_loop
 
 
 class _DeviceExit(Exception):
@@ -77,8 +75,11 @@ def is_asyncio_device(device: Any) -> bool:
 
 
 def run_coroutine(session: Session, chan: Any, unique: int, pid: int, uid: int, gid: int, nonblock: Any,
-                  ctx: Context, opcode: int, size: int, coro: Any) -> None:
-    """Drive the coroutine a callback returned for request ``unique`` (see the module docstring)."""
+                  ctx: Context, opcode: int, size: int, coro: Any) -> Optional[List[Any]]:
+    """Drive the coroutine a callback returned for request ``unique`` (see the module docstring).
+
+    Returns the reply's parts when it finished at once (the reader writes them), else None.
+    """
     loop: Any = session.loop
     strand = ctx.strand
     if loop is not None and loop.loop is not None and strand.__class__ is LoopStrand and strand.acquire(False):
@@ -90,47 +91,40 @@ def run_coroutine(session: Session, chan: Any, unique: int, pid: int, uid: int, 
             kind, value = outcome
             if kind:
                 if value is not DEFER and value.__class__ is not ReplyHandle:  # else: it deferred itself
-                    session.send_result(chan, unique, opcode, value, size, ctx)
+                    return session.result_parts(chan, unique, opcode, value, size, ctx)
             else:
                 session.failed_call(chan, unique, value, ctx, _callback_name(opcode))
-        return
+        return None
     # The loop is busy or borrowed (or the device's code is not the loop's): start as a task.
     handle = session.async_handle(chan, unique, pid, uid, gid, nonblock, ctx, opcode, size)
     if loop is None or loop.loop is None:
         handle.error(errno.ENODEV)
-        return
+        return None
     loop.call_soon(_spawn, loop.loop, handle, coro, _NOTHING)
+    return None
 
 
 def _eager(session: Session, loop: Any, chan: Any, unique: int, pid: int, uid: int, gid: int,
            nonblock: Any, ctx: Context, opcode: int, size: int, coro: Any) -> Optional[tuple]:
-    """The first step, the loop parked (or on it): (True, value) / (False, exc) if done, None if it became a task."""
-    before = len(loop._scheduled)
-    prev = _get_running_loop()
-    _set_running_loop(loop)
+    """The first step, as the loop (LoopStrand held): (True, value) / (False, exc) if done, None if it waits."""
+    ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid, ctx.nonblock = chan, unique, pid, uid, gid, nonblock
+    ctx.opcode, ctx.size = opcode, size
     try:
-        ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid, ctx.nonblock = chan, unique, pid, uid, gid, nonblock
-        ctx.opcode, ctx.size = opcode, size
-        try:
-            yielded = coro.send(None)
-            if nonblock:  # a nonblocking call must not wait: cancel it at its first await
-                yielded = coro.throw(asyncio.CancelledError())
-        except StopIteration as stop:
-            return True, stop.value
-        except asyncio.CancelledError as exc:
-            if nonblock:
-                return False, BlockingIOError(errno.EAGAIN, "a nonblocking call would have to wait")
-            return False, exc
-        except BaseException as exc:  # noqa: B036 - every exception becomes the caller's answer
-            return False, exc
-        # It waits: a task takes over (safe here: the loop thread is parked, or it is us).
-        handle = session.async_handle(chan, unique, pid, uid, gid, nonblock, ctx, opcode, size)
-        _spawn(loop, handle, coro, yielded)
-        return None
-    finally:
-        _set_running_loop(prev)
-        if prev is not loop and (loop._ready or len(loop._scheduled) != before):
-            loop._write_to_self()  # the parked loop must see what this step scheduled
+        yielded = coro.send(None)
+        if nonblock:  # a nonblocking call must not wait: cancel it at its first await
+            yielded = coro.throw(asyncio.CancelledError())
+    except StopIteration as stop:
+        return True, stop.value
+    except asyncio.CancelledError as exc:
+        if nonblock:
+            return False, BlockingIOError(errno.EAGAIN, "a nonblocking call would have to wait")
+        return False, exc
+    except BaseException as exc:  # noqa: B036 - every exception becomes the caller's answer
+        return False, exc
+    # It waits: a task takes over (safe here: we are the loop, or stand in for it).
+    handle = session.async_handle(chan, unique, pid, uid, gid, nonblock, ctx, opcode, size)
+    _spawn(loop, handle, coro, yielded)
+    return None
 
 
 def _spawn(loop: Any, handle: ReplyHandle, coro: Any, first: Any) -> None:
@@ -242,6 +236,7 @@ class _Step(collections.abc.Coroutine):
             strand.run(_wake, loop, fut)  # the holder wakes us when it lets go
             return fut
         handle = self.handle
+        answer: Any = _NOTHING
         try:
             if handle is not None:
                 handle.restore()
@@ -253,6 +248,9 @@ class _Step(collections.abc.Coroutine):
                         handle.cancel_errno = errno.EAGAIN
                         out = self.coro.throw(asyncio.CancelledError())
                 return out
+            except StopIteration as stop:
+                answer = stop.value  # answered below, right now: no done-callback round through the loop
+                raise
             except (SystemExit, KeyboardInterrupt) as exc:
                 if handle is not None:
                     handle.fatal = exc
@@ -261,6 +259,12 @@ class _Step(collections.abc.Coroutine):
                 raise _DeviceExit(str(exc)) from exc
         finally:
             strand.release()
+            if handle is not None and answer is not _NOTHING and not handle.done:
+                if answer is DEFER or answer.__class__ is ReplyHandle:  # it deferred itself: that handle answers
+                    handle.done = True
+                    self.session.forget_deferred(handle)
+                else:
+                    handle.reply(answer)
             if strand.backlog:
                 self.session.drain_elsewhere(strand)
 

@@ -1,10 +1,12 @@
 """The CUSE transport: each device is a real character device node, ``/dev/NAME``.
 
+    # doc: needs /dev/cuse
     from fusd_runtime.cuse import CuseServer
+    from fusd_runtime.examples import Hello
 
     with CuseServer() as server:            # root, and a kernel with CUSE
-        server.add(Hello(), "hello")        # -> /dev/hello, mode from the device
-        print(open(server.path("hello")).read())
+        server.add(Hello(), "fusd-hello")   # -> /dev/fusd-hello, mode from the device
+        print(open(server.path("fusd-hello")).read())
 
 One ``/dev/cuse`` connection serves one device (the kernel creates one node
 per connection), so a :class:`CuseServer` holds one :class:`CuseSession` per
@@ -31,6 +33,7 @@ Why the details are as they are:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -41,11 +44,13 @@ from fusd_wire import Codec
 from fusd_wire import constants as C
 
 from .device import Context, Device
-from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
+from .ioctl import emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
 from .session import GONE, OP, Session, default_readers
 from .state import pack_out
 from .strand import strand_of
+
+log = logging.getLogger("fusd")
 
 CUSE_DEV = "/dev/cuse"
 #: the newest protocol minor we speak (the codec's); the kernel may be older (the test guest is 7.38)
@@ -89,7 +94,6 @@ class CuseSession(Session):
         self.dev_major, self.dev_minor = dev_major, dev_minor
         self.max_read = max_read
         self.kernel_minor = 0
-        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY answers sent (observability; the tests count rounds)
         self.handlers[C.fuse_opcode.CUSE_INIT] = self._op_cuse_init
         if device.seekable:
             # the kernel sends offset 0 on CUSE (a stream): keep each open file's position here
@@ -172,10 +176,8 @@ class CuseSession(Session):
                 strand.drain()
             return None
         strand.release()
-        self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
         """Answer; on a seekable device a READ/WRITE answer also moves the open file's position.
@@ -213,13 +215,12 @@ class CuseSession(Session):
             retry = emulate_restricted(cmd, arg, data, out_size)
             if retry is None:
                 return ctx.device.ioctl(ctx, cmd, data, out_size)
-            self.ioctl_retries += 1
             return retry
-        if flags & _COMPAT and spec.arg.chases:
-            raise OSError(errno.EINVAL, "pointer arguments from 32-bit callers are not supported")
+        if flags & _COMPAT and spec.refuses_compat:
+            raise OSError(errno.EINVAL, "a 32-bit caller would lay this argument out differently (pointers, "
+                                        "long, 8-byte alignment): not served")
         plan = plan_unrestricted(spec, arg, data, out_size)
         if plan.retry is not None:
-            self.ioctl_retries += 1
             return plan.retry
         return self.finish_declared(ctx, spec, plan.value, out_size, unrestricted_encoder(plan))
 
@@ -251,15 +252,16 @@ class CuseServer(ServerBase):
         readers: reader threads per device (they share the device's /dev/cuse fd); default
             as on FUSE (``session.default_readers``).
         record: a path or a ``fusd_wire.trace`` Recorder: capture every message.
+        debug: log each request and its reply as served (``fusd.debug`` logger), as on FUSE.
         uid, gid: default owner of the nodes (default: the server's).
         node_timeout: seconds to wait for the kernel to create a node.
     """
 
     transport = "cuse"
 
-    def __init__(self, *, readers: Optional[int] = None, record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
-        super().__init__(record=record)
+    def __init__(self, *, readers: Optional[int] = None, record: Any = None, debug: bool = False,
+                 uid: Optional[int] = None, gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
+        super().__init__(record=record, debug=debug)
         self.readers = default_readers() if readers is None else readers
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
@@ -275,14 +277,17 @@ class CuseServer(ServerBase):
         name = name or device.name or type(device).__name__.lower()
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
-        check_ioctls(device, self.transport)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         self._devices[name] = device
-        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         device.name = name
-        self._prepare(device)
+        try:
+            self._prepare(device)
+        except BaseException:
+            self._devices.pop(name, None)
+            raise
+        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         if self._serving:
             try:
                 self._start_device(name)
@@ -350,6 +355,8 @@ class CuseServer(ServerBase):
             os.chmod(path, attrs["mode"])
             if (attrs["uid"], attrs["gid"]) != (0, 0):
                 os.chown(path, attrs["uid"], attrs["gid"])
+            log.info("fusd: serving %s (CUSE 7.%d, %s, %d reader%s)", path, session.minor, type(device).__name__,
+                     self.readers, "s"[:self.readers > 1])
         except BaseException:
             self.sessions.pop(name, None)
             device.session = None
@@ -363,6 +370,7 @@ class CuseServer(ServerBase):
             session.device = GONE
 
     def _stop_session(self, session: CuseSession) -> None:
+        log.info("fusd: stopping %s", session.path)
         strand_of(session.device).run(self._detach, session)  # never alongside the device's callbacks
         session.stop_readers()
         session.close()
@@ -411,7 +419,7 @@ def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseSer
     if transport == "cuse" or (transport == "auto" and cuse_available()):
         if transport == "cuse" and not cuse_available():
             raise RuntimeError("CUSE is not available here: needs /dev/cuse (a kernel with CONFIG_CUSE) and root")
-        for key in ("mountpoint", "allow_other", "mount_method", "fsname"):
+        for key in ("mountpoint", "allow_other", "mount_method", "fsname", "mount_options"):
             kwargs.pop(key, None)
         return CuseServer(**kwargs)
     return Server(**kwargs)

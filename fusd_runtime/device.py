@@ -3,9 +3,20 @@
 A device is an object with callbacks; every system call a program makes on the
 device file arrives in one of them::
 
+    from fusd_runtime import Device
+
     class Hello(Device):
+        def open(self, ctx):
+            ctx.state = b"hello\\n"          # what this open file has left to read
+
         def read(self, ctx, size, offset):
-            return b"hello\\n"[offset:offset + size]
+            data, ctx.state = ctx.state[:size], ctx.state[size:]
+            return data                      # b"": end of file (cat stops)
+
+A device is a stream, like a character device: ``offset`` is always 0 and
+``lseek`` fails, so a read that must end keeps its position per open file
+(``ctx.state``).  ``seekable = True`` passes file offsets through instead
+(``pread``/``pwrite`` work, ``read`` gets the position).
 
 A callback answers by returning (data, a byte count, a poll mask, ...), by raising
 ``OSError(errno, ...)`` (the caller gets that errno), or by **deferring**:

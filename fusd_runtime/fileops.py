@@ -25,12 +25,13 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+from types import CoroutineType
 from typing import Any, Callable, List, Optional
 
 from fusd_wire import constants as C
 
 from .device import DEFER, Context, Device, ReplyHandle
-from .ioctl import call_declared, ioctl_table, restricted_decode, restricted_encoder
+from .ioctl import call_declared, ioctl_table
 from .replies import Replies
 from .state import OP, RequestBuffer, pack_out
 from .strand import Strand, strand_of
@@ -95,10 +96,11 @@ class FileOps(Replies):
             self._log_once(f"runtime.{handler.__name__}", "fusd: internal error in %s", handler.__name__, exc)
             self.answer_error(chan, unique, errno.EIO)
 
-    def answer_then_drain(self, chan: Any, parts: List[Any], strand: Strand) -> Optional[List[Any]]:
-        """Write this request's answer, then serve what queued behind it: answers stay in execution order."""
+    def answer_then_drain(self, chan: Any, parts: Optional[List[Any]], strand: Strand) -> Optional[List[Any]]:
+        """Write this request's answer (if any), then serve what queued behind it: answers stay in order."""
         try:
-            self.send(chan, parts)
+            if parts is not None:
+                self.send(chan, parts)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.EINTR, errno.ENODEV, errno.EBADF):
                 self._report(exc)
@@ -141,12 +143,10 @@ class FileOps(Replies):
             return None
         strand.release()
         if result is None:
-            parts = [self._pack_open_reply(32, 0, unique, fh, self.open_flags(device), 0)]
-            return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
-        self.other_result(chan, unique, 14, result, 0, ctx, (pid, uid, gid, flags & _O_NONBLOCK))
-        if strand.backlog:
-            strand.drain()
-        return None
+            opened = [self._pack_open_reply(32, 0, unique, fh, self.open_flags(device), 0)]
+            return self.answer_then_drain(chan, opened, strand) if strand.backlog else opened
+        parts = self.other_result(chan, unique, 14, result, 0, ctx, (pid, uid, gid, flags & _O_NONBLOCK))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _drop(self, ctx: Context) -> None:
         self.files.pop(ctx.fh, None)
@@ -183,10 +183,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 18, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 18, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     # ------------------------------------------------------------------ READ / WRITE
     def _op_read(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
@@ -223,10 +221,8 @@ class FileOps(Replies):
                 if strand.backlog:  # requests queued behind this one: answer first, then serve them
                     return self.answer_then_drain(chan, [pack_out(16 + rn, 0, unique), result], strand)
                 return [pack_out(16 + rn, 0, unique), result]
-        self.other_result(chan, unique, 15, result, size, ctx, (pid, uid, gid, nonblock))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 15, result, size, ctx, (pid, uid, gid, nonblock))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _op_write(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
@@ -270,10 +266,8 @@ class FileOps(Replies):
         if result is None:
             result = size
         elif result.__class__ is not int or not 0 <= result <= size:
-            self.other_result(chan, unique, 16, result, size, ctx, (pid, uid, gid, nonblock))
-            if strand.backlog:
-                strand.drain()
-            return None
+            parts = self.other_result(chan, unique, 16, result, size, ctx, (pid, uid, gid, nonblock))
+            return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
         if strand.backlog:
             return self.answer_then_drain(chan, [self._pack_write_reply(24, 0, unique, result, 0)], strand)
         return [self._pack_write_reply(24, 0, unique, result, 0)]
@@ -307,10 +301,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 25, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 25, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     def _op_fsync(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
@@ -336,10 +328,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
             return [pack_out(16, 0, unique)]
-        self.other_result(chan, unique, 20, result, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 20, result, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
     # ------------------------------------------------------------------ IOCTL
     def _op_ioctl(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
@@ -367,8 +357,12 @@ class FileOps(Replies):
             if declared is None:
                 self.ioctl_tables[device] = declared = ioctl_table(device)
             data = bytes(buf[72:n]) if in_size else b""
-            if declared or flags & _IOCTL_UNRESTRICTED:  # declared arguments, or CUSE's retry protocol
+            if flags & _IOCTL_UNRESTRICTED:  # CUSE's retry protocol
                 result = self.call_ioctl(ctx, flags, cmd, arg, data, out_size)
+            elif declared:  # restricted: a declared argument is decoded, handled and encoded in one call
+                spec = declared.get(cmd)
+                result = device.ioctl(ctx, cmd, data, out_size) if spec is None else \
+                    spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
             else:  # a plain restricted ioctl: straight to the device
                 result = device.ioctl(ctx, cmd, data, out_size)
         except BaseException as exc:  # noqa: B036
@@ -380,15 +374,13 @@ class FileOps(Replies):
         strand.release()
         cls = result.__class__
         if strand.backlog:  # requests queued behind this one: answer first (in order), then serve them
-            self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
-            strand.drain()
-            return None
+            return self.answer_then_drain(chan, self.other_result(chan, unique, 39, result, out_size, ctx,
+                                                                  (pid, uid, gid, 0)), strand)
         if cls is bytes and len(result) <= out_size:  # the common _IOR/_IOWR answer
             return [self._pack_ioctl_reply(32 + len(result), 0, unique, 0, 0, 0, 0), result]
         if cls is int:
             return [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)]
-        self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
-        return None
+        return self.other_result(chan, unique, 39, result, out_size, ctx, (pid, uid, gid, 0))
 
     def call_ioctl(self, ctx: Context, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:
         """Hand an ioctl to the device (the CUSE session adds the unrestricted protocol).
@@ -397,18 +389,21 @@ class FileOps(Replies):
         ioctls); a command the device declared (``ioctl.Arg``) is decoded with its
         schema and the handler's result encoded back.
         """
-        spec = ioctl_table(ctx.device).get(cmd)
+        declared = self.ioctl_tables.get(ctx.device)
+        if declared is None:
+            declared = ioctl_table(ctx.device)
+        spec = declared.get(cmd)
         if spec is None:
             return ctx.device.ioctl(ctx, cmd, data, out_size)
-        value = restricted_decode(spec, data)
-        return self.finish_declared(ctx, spec, value, out_size, restricted_encoder(spec, value))
+        # decode, handler, encode in one precompiled function; a deferred call leaves its encoder here
+        return spec.call_restricted(ctx, data, out_size, self.ioctl_encoders)
 
     def finish_declared(self, ctx: Context, spec: Any, value: Any, out_size: int,
                         encode: Callable[[Any], Any]) -> Any:
         """Call a declared ioctl's handler; encode its result now or, if it defers, when answered."""
         result = call_declared(spec, ctx, value, out_size)
-        if result is DEFER or result.__class__ is ReplyHandle:
-            self.ioctl_encoders[ctx.unique] = encode
+        if result is DEFER or result.__class__ is ReplyHandle or result.__class__ is CoroutineType:
+            self.ioctl_encoders[ctx.unique] = encode  # an async handler's value is encoded when it returns
             return result
         return encode(result)
 
@@ -443,10 +438,8 @@ class FileOps(Replies):
             if strand.backlog:
                 return self.answer_then_drain(chan, [self._pack_poll_reply(24, 0, unique, mask, 0)], strand)
             return [self._pack_poll_reply(24, 0, unique, mask, 0)]
-        self.other_result(chan, unique, 40, mask, 0, ctx, (pid, uid, gid, 0))
-        if strand.backlog:
-            strand.drain()
-        return None
+        parts = self.other_result(chan, unique, 40, mask, 0, ctx, (pid, uid, gid, 0))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
 
 def _opname(opcode: int) -> str:

@@ -13,9 +13,11 @@ Two ways to have a loop:
   that called ``serve_forever``.  Its selector *parks*: the loop thread holds the
   ``park`` lock whenever it runs Python code and lets go of it only while it waits
   in ``select``.  A reader thread that takes ``park`` without waiting therefore
-  knows the loop thread is asleep, and may for that moment use the loop as the
-  loop thread would — which is how an ``async def`` callback that does not need to
-  wait is answered in the reader, with no hop to the loop (``aio.py``).
+  knows the loop thread is asleep, and may for that moment *stand in* for it: use
+  the loop as the loop thread would, and even run what became ready (the task of a
+  read that a write just woke).  That is how an ``async def`` callback that need not
+  wait is answered in the reader, and a woken one too, with no hop to the loop
+  thread (``strand.LoopStrand``, ``aio.py``).
 - **borrowed** (``async with Server()``, ``await server.serve()``): the caller's
   running loop.  Everything works the same, except that ``async def`` callbacks
   always start as tasks on that loop (we cannot park a loop we do not own).
@@ -32,7 +34,7 @@ from typing import Any, Callable, Optional, Tuple
 class ParkingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     """The owned loop's selector: lets go of ``park`` exactly while it waits for events."""
 
-    def __init__(self, park: threading.Lock) -> None:
+    def __init__(self, park: Any) -> None:
         super().__init__()
         self.park = park
 
@@ -69,29 +71,40 @@ class Timer:
         return f"<Timer when={self.when:.3f} cancelled={self.cancelled}>"
 
 
+#: ready callbacks a reader standing in for the parked loop runs before it lets go
+STEAL_LIMIT = 16
+_set_running_loop = asyncio.events._set_running_loop
+_get_running_loop = asyncio.events._get_running_loop
+
+
 class EventLoop:
     """The server's loop and the thread-safe ways into it."""
 
     def __init__(self) -> None:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        #: held by the owned loop's thread except while it waits (None: a borrowed loop)
-        self.park: Optional[threading.Lock] = None
+        #: held by the loop's thread except while its owned loop waits in select (re-entrant:
+        #: the holder — the loop thread, or a reader standing in — may take it again)
+        self.park = threading.RLock()
+        self.owned = False
         self.thread_id: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
         self._running = threading.Event()
+        # the holder's bookkeeping (only the holder of ``park`` touches these)
+        self.depth = 0
+        self._prev_loop: Any = None
+        self._scheduled_before = 0
 
     # ------------------------------------------------------------------ having a loop
     def new_owned(self) -> asyncio.AbstractEventLoop:
         """Make our own parking loop (not running yet)."""
-        park = threading.Lock()
-        self.loop = asyncio.SelectorEventLoop(ParkingSelector(park))
-        self.park = park
+        self.loop = asyncio.SelectorEventLoop(ParkingSelector(self.park))
+        self.owned = True
         return self.loop
 
     def run_owned(self, main: Optional[Any] = None) -> Any:
         """Run the owned loop in this thread: until ``main`` (a coroutine) finishes, or until stopped."""
         loop, park = self.loop, self.park
-        assert loop is not None and park is not None
+        assert loop is not None
         park.acquire()
         self.thread_id = threading.get_ident()
         asyncio.set_event_loop(loop)
@@ -116,8 +129,12 @@ class EventLoop:
         self._running.wait(10)
 
     def adopt(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Borrow the caller's running loop (we are in its thread)."""
-        self.loop, self.park = loop, None
+        """Borrow the caller's running loop (we are in its thread): it keeps ``park`` for good.
+
+        A loop we do not own cannot be parked, so no reader may ever stand in for it.
+        """
+        self.park.acquire()
+        self.loop, self.owned = loop, False
         self.thread_id = threading.get_ident()
         self._running.set()
 
@@ -139,10 +156,42 @@ class EventLoop:
                 loop.call_soon_threadsafe(loop.stop)
             except RuntimeError:
                 pass
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not threading.current_thread():
             thread.join(10)
-        if thread is not None and not thread.is_alive() and not loop.is_closed():
+        if not thread.is_alive() and not loop.is_closed():
             loop.close()
+
+    # ------------------------------------------------------------------ a reader standing in
+    def begin_stand_in(self) -> None:
+        """A reader took ``park`` from the sleeping loop: it is the loop's thread for now."""
+        loop: Any = self.loop
+        self._prev_loop = _get_running_loop()
+        if loop is not None:
+            _set_running_loop(loop)
+            self._scheduled_before = len(loop._scheduled)
+
+    def end_stand_in(self) -> None:
+        """Before giving ``park`` back: run what became ready here, and wake the loop if it must look."""
+        loop: Any = self.loop
+        if loop is not None:
+            ready = loop._ready
+            if ready:
+                # E.g. the task of a read a write just woke: answering it here spares a thread hop.
+                # What runs now runs inside this stand-in: its own holds must not end it (depth).
+                self.depth += 1
+                try:
+                    for _ in range(STEAL_LIMIT):
+                        try:
+                            handle = ready.popleft()
+                        except IndexError:
+                            break
+                        if not handle._cancelled:
+                            handle._run()
+                finally:
+                    self.depth -= 1
+            if ready or len(loop._scheduled) != self._scheduled_before:
+                loop._write_to_self()  # the parked loop must see what is left, and new timers
+        _set_running_loop(self._prev_loop)
 
     # ------------------------------------------------------------------ thread-safe calls
     def in_loop_thread(self) -> bool:

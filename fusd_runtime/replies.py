@@ -24,6 +24,7 @@ from typing import Any, Callable, List, Optional
 from fusd_wire import constants as C
 
 from .aio import run_coroutine
+from .checks import describe_result
 from .device import DEFER, Context, ReplyHandle
 from .ioctl import IoctlRetry
 from .state import OP, SessionState, pack_out
@@ -34,17 +35,6 @@ _IOCTL_RETRY = int(C.IoctlFlags.FUSE_IOCTL_RETRY)
 _GONE_ERRNOS = (errno.ENOENT, errno.ENODEV, errno.EBADF, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN,
                 errno.ECONNABORTED)
 
-#: what each callback may return, for the device-bug messages
-EXPECTED = {
-    "read": "bytes, bytearray or memoryview (b'' for end of file), or ctx.defer()",
-    "write": "the number of bytes taken (an int from 0 to len(data)), None for all, or ctx.defer()",
-    "ioctl": "an int result, bytes to copy out, a (result, bytes) pair, an IoctlRetry, or ctx.defer()",
-    "poll": "an int mask of POLL* bits, or ctx.defer()",
-    "open": "None, or ctx.defer()",
-    "release": "None, or ctx.defer()",
-    "flush": "None, or ctx.defer()",
-    "fsync": "None, or ctx.defer()",
-}
 _OPCODE_CALLBACK = {int(OP.FUSE_READ): "read", int(OP.FUSE_WRITE): "write", int(OP.FUSE_IOCTL): "ioctl",
                     int(OP.FUSE_POLL): "poll", int(OP.FUSE_OPEN): "open", int(OP.FUSE_RELEASE): "release",
                     int(OP.FUSE_FLUSH): "flush", int(OP.FUSE_FSYNC): "fsync"}
@@ -57,13 +47,8 @@ class BadResult(Exception):
         super().__init__(what, value, detail)
         self.what, self.value, self.detail = what, value, detail
 
-    def describe(self, device_name: str) -> str:
-        shown = repr(self.value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        detail = f" ({self.detail})" if self.detail else ""
-        return (f"device {device_name!r}: {self.what}() returned {type(self.value).__name__} {shown}{detail}; "
-                f"expected {EXPECTED.get(self.what, 'a valid answer')}. Answering EIO")
+    def describe(self, device: Any) -> str:
+        return describe_result(device, self.what, self.value, self.detail) + ". Answering EIO"
 
 
 class Replies(SessionState):
@@ -96,34 +81,41 @@ class Replies(SessionState):
 
     def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
         """Answer a deferred or async call with what its callback would have returned (any thread)."""
+        parts = self.result_parts(chan, unique, opcode, result, size, ctx)
+        if parts is not None:
+            try:
+                self.send(chan, parts)
+            except OSError as exc:
+                if exc.errno not in _GONE_ERRNOS:
+                    self._report(exc)
+
+    def result_parts(self, chan: Any, unique: int, opcode: int, result: Any, size: int,
+                     ctx: Context) -> Optional[List[Any]]:
+        """The reply's parts for what a callback returned; None if it was bad (then EIO was answered)."""
         try:
             if opcode == OP.FUSE_READ:
-                self._reply_read(chan, unique, result, size, ctx)
-            elif opcode == OP.FUSE_WRITE:
-                self.send(chan, [self._pack_write_reply(24, 0, unique, self._written(result, size), 0)])
-            elif opcode == OP.FUSE_IOCTL:
+                return self._read_parts(unique, result, size, ctx)
+            if opcode == OP.FUSE_WRITE:
+                return [self._pack_write_reply(24, 0, unique, self._written(result, size), 0)]
+            if opcode == OP.FUSE_IOCTL:
                 encode = self.ioctl_encoders.pop(unique, None)
-                self._reply_ioctl(chan, unique, result if encode is None else encode(result), size)
-            elif opcode == OP.FUSE_POLL:
-                self.send(chan, [self._pack_poll_reply(24, 0, unique, self._mask(result), 0)])
-            elif opcode == OP.FUSE_OPEN:
-                self._reply_open(chan, unique, ctx)
-            else:
-                self.send(chan, [pack_out(16, 0, unique)])
-        except OSError as exc:
-            if exc.errno not in _GONE_ERRNOS:
-                self._report(exc)
+                return self._ioctl_parts(unique, result if encode is None else encode(result), size)
+            if opcode == OP.FUSE_POLL:
+                return [self._pack_poll_reply(24, 0, unique, self._mask(result), 0)]
+            if opcode == OP.FUSE_OPEN:
+                return [self._pack_open_reply(32, 0, unique, ctx.fh, self.open_flags(ctx.device), 0)]
+            return [pack_out(16, 0, unique)]
         except BadResult as bad:
-            self._log_once(f"{ctx.device.name}.{bad.what}.result", bad.describe(ctx.device.name), None)
-            self.answer_error(chan, unique, errno.EIO)
+            self._log_once(f"{ctx.device.name}.{bad.what}.result", "fusd: %s", bad.describe(ctx.device), None)
         except Exception as exc:  # e.g. a declared ioctl's encoder failing on the value: the device's data
             what = _OPCODE_CALLBACK.get(opcode, str(opcode))
             self._log_once(f"{ctx.device.name}.{what}.encode", f"device {ctx.device.name!r}: the answer of {what}() "
                            f"could not be encoded; answering EIO", exc)
-            self.answer_error(chan, unique, errno.EIO)
+        self.answer_error(chan, unique, errno.EIO)
+        return None
 
     # ------------------------------------------------------------------ encoding results
-    def _reply_read(self, chan: Any, unique: int, data: Any, size: int, ctx: Context) -> None:
+    def _read_parts(self, unique: int, data: Any, size: int, ctx: Context) -> List[Any]:
         cls = data.__class__
         if cls is not bytes and cls is not bytearray and cls is not memoryview:
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -135,7 +127,7 @@ class Replies(SessionState):
             self._log_once(f"{ctx.device.name}.read.size", "fusd: device %r: read() returned %d bytes for a "
                            "%d-byte read; the rest is dropped", ctx.device.name, n, size, None)
             data, n = data[:size], size
-        self.send(chan, [pack_out(16 + n, 0, unique), data])
+        return [pack_out(16 + n, 0, unique), data]
 
     def _written(self, result: Any, size: int) -> int:
         if result is None:
@@ -156,17 +148,16 @@ class Replies(SessionState):
         except (TypeError, ValueError):
             raise BadResult("poll", result) from None
 
-    def _reply_ioctl(self, chan: Any, unique: int, result: Any, out_size: int) -> None:
+    def _ioctl_parts(self, unique: int, result: Any, out_size: int) -> List[Any]:
         if result is None:
             result = 0
         if result.__class__ is int:
-            self.send(chan, [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)])
-            return
+            return [self._pack_ioctl_reply(32, 0, unique, result, 0, 0, 0)]
         if result.__class__ is IoctlRetry:
+            self.ioctl_retries += 1  # every round, the planner's and a raw device's own
             iovs = [self._pack_ioctl_iovec(base, n) for base, n in result.in_iovs + result.out_iovs]
-            self.send(chan, [self._pack_ioctl_reply(32 + 16 * len(iovs), 0, unique, 0, _IOCTL_RETRY,
-                                                    len(result.in_iovs), len(result.out_iovs)), *iovs])
-            return
+            return [self._pack_ioctl_reply(32 + 16 * len(iovs), 0, unique, 0, _IOCTL_RETRY,
+                                           len(result.in_iovs), len(result.out_iovs)), *iovs]
         if isinstance(result, tuple):
             if len(result) != 2 or not isinstance(result[0], int):
                 raise BadResult("ioctl", result)
@@ -177,26 +168,25 @@ class Replies(SessionState):
             raise BadResult("ioctl", result)
         if len(data) > out_size:
             raise BadResult("ioctl", result, f"{len(data)} bytes, but only {out_size} can be copied out")
-        self.send(chan, [self._pack_ioctl_reply(32 + len(data), 0, unique, res, 0, 0, 0), data])
-
-    def _reply_open(self, chan: Any, unique: int, ctx: Context) -> None:
-        self.send(chan, [self._pack_open_reply(32, 0, unique, ctx.fh, self.open_flags(ctx.device), 0)])
+        return [self._pack_ioctl_reply(32 + len(data), 0, unique, res, 0, 0, 0), data]
 
     def open_flags(self, device: Any) -> int:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ unusual results of the hot handlers
     def other_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context,
-                     fields: tuple) -> None:
-        """A hot handler's result it does not pack itself: a coroutine, a bad value, an oversized read..."""
+                     fields: tuple) -> Optional[List[Any]]:
+        """A hot handler's result it does not pack itself: a coroutine, a bad value, an oversized read...
+
+        Returns the reply's parts for the reader to write, or None (answered already, or later).
+        """
         if result.__class__ is CoroutineType:
             pid, uid, gid, nonblock = fields
             session: Any = self
-            run_coroutine(session, chan, unique, pid, uid, gid, nonblock, ctx, opcode, size, result)
-            return
+            return run_coroutine(session, chan, unique, pid, uid, gid, nonblock, ctx, opcode, size, result)
         if result is DEFER or result.__class__ is ReplyHandle:
-            return
-        self.send_result(chan, unique, opcode, result, size, ctx)
+            return None
+        return self.result_parts(chan, unique, opcode, result, size, ctx)
 
     # ------------------------------------------------------------------ callback failures
     def failed_call(self, chan: Any, unique: int, exc: BaseException, ctx: Optional[Context], what: str) -> None:

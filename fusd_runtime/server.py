@@ -3,7 +3,7 @@
     from fusd_runtime import Server, Device
 
     class Hello(Device):
-        seekable = True
+        seekable = True                   # read() gets the file offset: it ends
         def read(self, ctx, size, offset):
             return b"hello\\n"[offset:offset + size]
 
@@ -33,6 +33,7 @@ Every exit path unmounts — only the mount this server made.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -41,16 +42,15 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .aio import is_asyncio_device
 from .device import Device
 from .fusefs import FuseSession, node_path
-from .ioctl import check_ioctls
 from .loop import EventLoop, Timer
 from .mount import Mount
+from .prepare import prepare_device
 from .reader import SUPERVISE_EVERY
 from .registry import Registry
 from .session import Session, default_readers
-from .strand import give_loop_strand, strand_of
+from .strand import strand_of
 
 log = logging.getLogger("fusd")
 
@@ -67,8 +67,9 @@ class ServerBase:
 
     transport = ""
 
-    def __init__(self, *, record: Any = None) -> None:
+    def __init__(self, *, record: Any = None, debug: bool = False) -> None:
         self._record = record
+        self.debug = debug
         self.recorder: Any = None
         self._serving = False
         self._closed = False
@@ -121,6 +122,8 @@ class ServerBase:
         try:
             if self._record is not None and self.recorder is None:
                 self.recorder = _open_recorder(self._record)
+            if self.debug:  # a recorder-like sink: the sessions' hot path is the recording one
+                self.recorder = _debug_sink(self.recorder, owned=self._record is not self.recorder)
             self._open_transport()
             self._serving = True
         except BaseException:
@@ -350,16 +353,9 @@ class ServerBase:
         return loop
 
     def _prepare(self, device: Device) -> None:
-        """Per-device set-up at ``add()``: its strand, made once before any request can reach it.
-
-        A device with ``async def`` callbacks (or ``uses_asyncio = True``) gets the event
-        loop as its strand (``strand.LoopStrand``): all its code runs where asyncio
-        code may run.
-        """
-        if is_asyncio_device(device):
-            give_loop_strand(device, self._loop)
-        else:
-            strand_of(device)
+        """Checks and the device's strand (``prepare.prepare_device``), before it becomes visible."""
+        # the io_uring channel is still FUSE: the same restricted ioctls
+        prepare_device(device, "fuse" if self.transport == "uring" else self.transport, self._loop)
 
 
 def _set_if_pending(fut: asyncio.Future) -> None:
@@ -379,22 +375,28 @@ class Server(ServerBase):
         allow_other: let other users use the devices (default: when root).
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
+        debug: log each request and its reply as served, libfuse ``-d`` style, on the
+            ``fusd.debug`` logger (see ``docs/traces.md``); no cost when False.
         uid, gid: default owner of device files (default: the server's).
+        mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
+            (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
         transport: "fuse" (read/write on /dev/fuse) or "uring" (FUSE-over-io_uring: a ring
-            queue per CPU, see ``fusd_runtime.uring``; where the kernel does not offer it the
-            server logs why and serves through read/write, and ``transport`` says "fuse").
+            queue per CPU, see ``fusd_runtime.uring`` and ``docs/uring.md``; where the kernel
+            does not offer it the server logs why and serves through read/write, and
+            ``transport`` then says "fuse").
     """
 
     transport = "fuse"
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
-                 transport: str = "fuse") -> None:
+                 debug: bool = False, uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 mount_options: Optional[Dict[str, Any]] = None, transport: str = "fuse") -> None:
         if transport not in ("fuse", "uring"):
             raise ValueError(f"transport must be 'fuse' or 'uring', not {transport!r}")
-        super().__init__(record=record)
+        super().__init__(record=record, debug=debug)
         self.transport = transport
+        self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
         self.readers = default_readers() if readers is None else readers
@@ -415,10 +417,10 @@ class Server(ServerBase):
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
-        check_ioctls(device, "fuse")  # restricted ioctls on either FUSE channel
-        self.registry.add(name, device, mode, uid, gid)
         device.name = name
-        self._prepare(device)
+        self._prepare(device)  # before the registry makes it visible: the first OPEN finds its strand
+        self.registry.add(name, device, mode, uid, gid)
+        log.info("fusd: device %s added (%s, mode %o)", name, type(device).__name__, mode)
         device.session = self.session
         return device
 
@@ -430,6 +432,7 @@ class Server(ServerBase):
             raise KeyError(f"no such device: {device!r}")
         dev = node.device
         removed = self.registry.remove(node.path)
+        log.info("fusd: device %s removed", node.path)
         session = self.session
         if session is not None:
             strand_of(dev).run(session.detach_device, dev)  # never alongside the device's callbacks
@@ -437,6 +440,19 @@ class Server(ServerBase):
             # Notifications may wait for the kernel's directory locks: never from a reader or a callback.
             self._loop.call_soon(self._invalidate, notes)
         dev.session = None
+
+    def abort(self) -> None:
+        """Abort the kernel connection (fusectl ``abort``): every waiting client fails at once; the server stops.
+
+        What an operator does with ``fusd abort MOUNTPOINT`` (or ``echo 1 >
+        /sys/fs/fuse/connections/N/abort``) to free clients stuck on a server that
+        stopped answering.  The readers then see the connection end, and the server
+        stops and unmounts like after an external unmount.
+        """
+        mount = self.mount
+        if mount is None:
+            raise RuntimeError("the server is not started")
+        mount.abort()
 
     def _invalidate(self, notes: List[Tuple[int, str]]) -> None:
         if self.session is not None:
@@ -472,7 +488,7 @@ class Server(ServerBase):
             self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
-                           method=self.mount_method)
+                           method=self.mount_method, **self.mount_options)
         session_class: Any = FuseSession
         if self.transport == "uring":
             from .uring import UringFuseSession  # only when asked for
@@ -488,6 +504,8 @@ class Server(ServerBase):
             raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
         if self.transport == "uring" and not getattr(self.session, "uring_active", False):
             self.transport = "fuse"  # fell back (the session logged why)
+        log.info("fusd: serving %s (FUSE 7.%d, flags %#x, %d reader%s, %s)", self.mountpoint, self.session.minor,
+                 self.session.init_flags, self.readers, "s"[:self.readers > 1], self.mount.method)
 
     def _close_transport(self) -> None:
         session, self.session = self.session, None
@@ -509,6 +527,27 @@ class Server(ServerBase):
                         os.rmdir(self.mountpoint)
                     except OSError:
                         shutil.rmtree(self.mountpoint, ignore_errors=True)
+                log.info("fusd: stopped serving %s", self.mountpoint)
+
+
+def _debug_sink(recorder: Any, owned: bool) -> Any:
+    """The ``debug=True`` sink: every message decoded onto the ``fusd.debug`` logger at DEBUG.
+
+    Like libfuse's ``-d`` it prints without further set-up: when nothing configured the
+    logger, it gets level DEBUG and a stderr handler.  Configure ``fusd.debug`` yourself to
+    send the lines elsewhere; the level is checked per message, so raising it while serving
+    stops the decoding too.
+    """
+    from fusd_wire.trace.live import DebugSink  # only when debugging is asked for
+    dlog = logging.getLogger("fusd.debug")
+    if dlog.level == logging.NOTSET:
+        dlog.setLevel(logging.DEBUG)
+    if not dlog.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        dlog.addHandler(handler)
+    return DebugSink(functools.partial(dlog.debug, "%s"), recorder, close_inner=owned,
+                     enabled=functools.partial(dlog.isEnabledFor, logging.DEBUG))
 
 
 def _open_recorder(target: Any) -> Any:

@@ -93,6 +93,7 @@ class Session(ReaderLoop):
         self.pending_interrupts: Dict[int, float] = {}
         self.ioctl_encoders: Dict[int, Callable[[Any], Any]] = {}  # unique -> encoder of a deferred declared ioctl
         self.ioctl_tables: Dict[Device, Dict[int, Any]] = {}  # device -> its declared ioctls (looked up once)
+        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY replies sent, every round (observability; tests count rounds)
         self._fh_counter = fh_counter()
         self.minor = C.FUSE_KERNEL_MINOR_VERSION
         self.init_flags = 0
@@ -107,7 +108,7 @@ class Session(ReaderLoop):
         self.on_error = on_error
         self._logged: Set[str] = set()
         self.recorder = recorder
-        self.conn_id = recorder.connection(f"{self.kind}:{fd}") if recorder is not None else 0
+        self.conn_id = recorder.connection(f"{self.kind}:{fd}", kind=self.kind) if recorder is not None else 0
         self.writev: Callable[[int, List[Any]], int] = os.writev if recorder is None else self._recording_writev
         self.handlers: Dict[int, Callable[..., Optional[List[Any]]]] = {
             OP.FUSE_OPEN: self._op_open,
@@ -141,6 +142,8 @@ class Session(ReaderLoop):
         self._unpack_read_in = fast("fuse_read_in").unpack_from
         self._write_in_size = fast("fuse_write_in").size
         self._unpack_write_in = fast("fuse_write_in").unpack_from
+        if len(fast("fuse_write_in").fields) < 7:  # < 7.9: the 24-byte compat struct, no lock_owner/flags
+            self._unpack_write_in = lambda buf, off, _u=self._unpack_write_in: _u(buf, off) + (0, 0, 0)
         self._unpack_open_in = fast("fuse_open_in").unpack_from
         self._unpack_release_in = fast("fuse_release_in").unpack_from
         self._unpack_flush_in = fast("fuse_flush_in").unpack_from

@@ -56,6 +56,7 @@ class SessionState:
     pending_interrupts: Dict[int, float]
     ioctl_encoders: Dict[int, Callable[[Any], Any]]
     ioctl_tables: Dict[Device, Dict[int, Any]]
+    ioctl_retries: int
     handlers: Dict[int, Callable[..., Optional[List[Any]]]]
     min_length: List[int]
     recorder: Any

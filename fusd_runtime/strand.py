@@ -119,34 +119,43 @@ class LoopStrand(Strand):
 
     Such a device's code uses asyncio objects (queues, events, futures), which
     are not thread-safe, so all of it runs where asyncio code may run: on the
-    loop's thread, or in a reader thread while the owned loop is *parked*
-    (``loop.py``: it sleeps in ``select`` and cannot run).  Holding this strand
-    means holding ``park``; the loop thread holds it whenever it runs, so there it
-    always succeeds.  Work that cannot get it is posted to the loop, which runs it
-    in order with the device's tasks: suspended coroutines resume in the order
-    asyncio wakes them (an ``asyncio.Queue``'s waiters are served first come,
-    first served), never reordered by a busy strand.  A borrowed loop (``async
-    with Server()``) cannot be parked: everything is posted to it.
+    loop's thread, or in a reader thread that *stands in* for the owned loop while
+    it is parked (``loop.py``: asleep in ``select``, so it cannot run).  Holding
+    this strand means holding the loop's ``park`` lock (re-entrant); the loop
+    thread holds it whenever it runs.  Work that cannot get it is posted to the
+    loop, which runs it in order with the device's tasks: suspended coroutines
+    resume in the order asyncio wakes them (an ``asyncio.Queue``'s waiters are
+    served first come, first served), never reordered by a busy strand.  A reader
+    that stood in runs, before it lets go, what its work made ready (a woken read's
+    task) and wakes the loop for the rest.  A borrowed loop (``async with
+    Server()``) is never parked: everything is posted to it.
     """
 
     __slots__ = ("events",)
 
     def __init__(self, events: Any, name: str = "") -> None:
         super().__init__(name)
-        self.events = events  # the server's loop.EventLoop (its park lock appears when it starts)
+        self.events = events  # the server's loop.EventLoop
         self.acquire = self._acquire
         self.release = self._release
 
     def _acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         events = self.events
-        if threading.get_ident() == events.thread_id:
-            return True  # the loop thread always holds it
-        park = events.park
-        return park is not None and park.acquire(False)
+        if not events.park.acquire(False):
+            return False
+        if events.depth == 0 and threading.get_ident() != events.thread_id:
+            events.begin_stand_in()
+        events.depth += 1
+        return True
 
     def _release(self) -> None:
-        if threading.get_ident() != self.events.thread_id:
-            self.events.park.release()
+        events = self.events
+        events.depth -= 1
+        try:
+            if events.depth == 0 and threading.get_ident() != events.thread_id:
+                events.end_stand_in()
+        finally:
+            events.park.release()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._acquire(False):

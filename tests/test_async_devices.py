@@ -281,3 +281,33 @@ def test_device_tasks_run_as_device_code(server: Server) -> None:
         assert os.read(fd, 10) == b"3\n"
     finally:
         os.close(fd)
+
+
+def test_readers_that_stood_in_for_the_loop_leave_no_running_loop_behind(server: Server) -> None:
+    """A reader that ran async work as the parked loop's stand-in gives the loop back entirely."""
+    seen: list = []
+
+    class Plain(Device):  # no async callbacks: its code runs in reader threads, outside asyncio
+        def write(self, ctx: Context, data: bytes, offset: int) -> int:
+            try:
+                seen.append(asyncio.get_running_loop())
+            except RuntimeError:
+                seen.append(None)
+            return len(data)
+
+    box = server.add(AsyncMailbox(), "mailbox")
+    server.add(Plain(), "plain")
+    for _ in range(3):  # a read woken by a write: the write's reader runs the woken task too
+        reader = threading.Thread(target=lambda: _read_lines(server.path("mailbox"), 1))
+        reader.start()
+        assert wait_for(lambda: len(box.arrivals) >= 1)
+        fd = os.open(server.path("mailbox"), os.O_WRONLY)
+        os.write(fd, b"letter")
+        os.close(fd)
+        reader.join(20)
+        box.arrivals.clear()
+        fd = os.open(server.path("plain"), os.O_WRONLY)
+        for _ in range(10):
+            os.write(fd, b"x")
+        os.close(fd)
+    assert seen == [None] * 30

@@ -390,3 +390,29 @@ def test_call_soon_from_a_thread_of_ours_runs_under_the_devices_strand(server: S
     assert not ran.wait(0.3)  # the device's read is still running: call_soon waits its turn
     stuck.release_it.set()
     assert ran.wait(20) and [o[0] for o in stuck.order] == ["start", "end", "soon"]
+
+
+def test_server_abort_frees_clients_and_stops_the_server(no_leftover_mounts) -> None:
+    stuck = Stuck()
+    server = Server()
+    server.start()
+    try:
+        server.add(stuck, "stuck")
+        code = textwrap.dedent("""
+            import errno, os, sys
+            fd = os.open(sys.argv[1], os.O_RDONLY)
+            try:
+                os.read(fd, 10)
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+        """)
+        blocked = subprocess.Popen([sys.executable, "-c", code, server.path("stuck")], stdout=subprocess.PIPE,
+                                   text=True)
+        assert stuck.inside.wait(20)
+        server.abort()  # the operator's way out for clients stuck on a server that stopped answering
+        assert blocked.communicate(timeout=20)[0].strip() == "ECONNABORTED"
+        assert server.wait(10) and "aborted" in (server.end_reason or "")
+        assert not is_mounted(server.mountpoint)
+    finally:
+        stuck.release_it.set()
+        server.stop()

@@ -32,9 +32,9 @@ from conftest import fuse_available, needs_fuse
 from fusd_runtime import Server
 from fusd_runtime.examples import COUNTER_ADD, COUNTER_GET, Counter, Hello, PipeDevice
 from fusd_runtime.ioctl import IOR
+from fusd_runtime.replay import DIFFERS, MISSING, SAME, ReplayError, replay
 from fusd_wire import constants as C
 from fusd_wire.trace import INBOUND, Decoder, Recorder, open_capture
-from fusd_wire.trace.replay import DIFFERS, MISSING, SAME, ReplayError, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 OP = C.fuse_opcode
@@ -165,8 +165,8 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    """``python -m fusd_wire replay ARGS`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "fusd_wire", "replay", *args], capture_output=True, text=True,
+    """``fusd replay ARGS`` (``python -m fusd_runtime replay``) as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "fusd_runtime", "replay", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
 
 

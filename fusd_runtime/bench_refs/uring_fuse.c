@@ -34,35 +34,24 @@
  *  - FORGET and INTERRUPT still come on /dev/fuse: the main thread reads them
  *    (and ignores them) until the kernel ends the connection.
  *
- * --readers is accepted for the bench's contract (bench_refs/README.md on the bench
- * branch): the readers are the queues, one per possible CPU, and the READY line
- * says how many.  The device: 64 KiB of 'a'..'z' at dev0 (mode 0666), READ/WRITE
- * at the offset, ioctl _IOR('E', 1, int) answering a counter from 1, POLL always
- * ready, OPEN FOPEN_DIRECT_IO | FOPEN_NOFLUSH, entry/attr timeouts 3600 s.
- * READY line once serving; SKIP (exit 3) when it cannot; SIGTERM/SIGINT: unmount
- * lazily and exit 0.
+ * The contract is bench_refs/README.md and the device perfdev.h.  --readers is
+ * accepted for it, but the readers are the queues, one per possible CPU: the READY
+ * line says how many.  SKIP (exit 3) without root, without the kernel's offer
+ * (enable_uring N) or when a ring cannot start; SIGTERM/SIGINT: unmount lazily and
+ * exit 0.
  */
-#define _GNU_SOURCE
-#include <errno.h>
+#include "perfdev.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/fuse.h>
 #include <linux/io_uring.h>
-#include <poll.h>
-#include <pthread.h>
 #include <sched.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <time.h>
-#include <unistd.h>
 
 /* FUSE 7.42 io_uring definitions (the machine's linux/fuse.h may predate them) */
 #ifndef FUSE_OVER_IO_URING
@@ -96,21 +85,13 @@ enum { URING_CMD_REGISTER = 1, URING_CMD_COMMIT_AND_FETCH = 2 };
 
 #define ROOT_ID 1
 #define DEV0_ID 2
-#define PERF_SIZE 65536
-#define PERF_IOCTL 0x80044501u /* _IOR('E', 1, int) */
-#define TMO 3600
-#define MAX_WRITE (128 * 1024)
-#define BUFSZ (MAX_WRITE + 4096)
 #define MAX_QUEUES 256
-#define EXIT_SKIP 3
 #define WANTED_INIT (FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC | FUSE_PARALLEL_DIROPS | FUSE_INIT_EXT)
 
-static char data[PERF_SIZE];
-static int counter;
 static int devfd;
 static int depth = 8;
 static unsigned setup_flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-static size_t payload_sz = MAX_WRITE; /* max(FUSE_MIN_READ_BUFFER, max_write, max_pages * 4096) */
+static size_t payload_sz = PERF_MAX_WRITE; /* max(FUSE_MIN_READ_BUFFER, max_write, max_pages * 4096) */
 static const char *mountpoint;
 static char dev0_path[PATH_MAX + 8];
 static time_t start_time;
@@ -160,13 +141,12 @@ static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 static int started;
 
-static void skip(const char *why)
+static void skip(const char *why) /* perf_skip, after putting back what we changed */
 {
 	restore_enable_uring();
-	fprintf(stderr, "SKIP: %s\n", why);
 	if (mountpoint)
 		umount2(mountpoint, MNT_DETACH);
-	exit(EXIT_SKIP);
+	perf_skip("%s", why);
 }
 
 static void fill_attr(uint64_t ino, struct fuse_attr *a)
@@ -205,14 +185,14 @@ static ssize_t handle(const struct fuse_in_header *ih, const void *arg, const ch
 		struct fuse_entry_out *o = (void *)out;
 		memset(o, 0, sizeof(*o));
 		o->nodeid = DEV0_ID;
-		o->entry_valid = o->attr_valid = TMO;
+		o->entry_valid = o->attr_valid = PERF_TIMEOUT;
 		fill_attr(DEV0_ID, &o->attr);
 		return sizeof(*o);
 	}
 	case FUSE_GETATTR: {
 		struct fuse_attr_out *o = (void *)out;
 		memset(o, 0, sizeof(*o));
-		o->attr_valid = TMO;
+		o->attr_valid = PERF_TIMEOUT;
 		fill_attr(ih->nodeid, &o->attr);
 		return sizeof(*o);
 	}
@@ -227,22 +207,16 @@ static ssize_t handle(const struct fuse_in_header *ih, const void *arg, const ch
 	}
 	case FUSE_READ: {
 		const struct fuse_read_in *in = arg;
-		size_t n = in->offset >= PERF_SIZE ? 0 : in->size;
-		if (in->offset + n > PERF_SIZE)
-			n = PERF_SIZE - in->offset;
+		const char *start;
+		size_t n = perf_read(in->offset, in->size, &start);
 		if (n > outsz)
 			n = outsz;
-		memcpy(out, data + (in->offset < PERF_SIZE ? in->offset : 0), n);
+		memcpy(out, start, n); /* into the ring's payload buffer: the copy read/write spares */
 		return n;
 	}
 	case FUSE_WRITE: {
 		const struct fuse_write_in *in = arg;
-		if (in->offset < PERF_SIZE) {
-			size_t n = in->size;
-			if (in->offset + n > PERF_SIZE)
-				n = PERF_SIZE - in->offset;
-			memcpy(data + in->offset, payload, n);
-		}
+		perf_write(in->offset, payload, in->size);
 		struct fuse_write_out *o = (void *)out;
 		memset(o, 0, sizeof(*o));
 		o->size = in->size;
@@ -277,14 +251,14 @@ static ssize_t handle(const struct fuse_in_header *ih, const void *arg, const ch
 		}
 		struct fuse_ioctl_out *o = (void *)out;
 		memset(o, 0, sizeof(*o));
-		int v = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+		int v = perf_ioctl_value();
 		memcpy(out + sizeof(*o), &v, sizeof(v));
 		return sizeof(*o) + sizeof(v);
 	}
 	case FUSE_POLL: {
 		struct fuse_poll_out *o = (void *)out;
 		memset(o, 0, sizeof(*o));
-		o->revents = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;
+		o->revents = PERF_POLL_MASK;
 		return sizeof(*o);
 	}
 	case FUSE_FLUSH:
@@ -329,9 +303,9 @@ static int dev_init(const struct fuse_in_header *ih, const struct fuse_init_in *
 	out.flags2 = (uint32_t)(granted >> 32);
 	out.max_background = 16;
 	out.congestion_threshold = 12;
-	out.max_write = MAX_WRITE;
+	out.max_write = PERF_MAX_WRITE;
 	out.time_gran = 1;
-	out.max_pages = MAX_WRITE / 4096;
+	out.max_pages = PERF_MAX_WRITE / 4096;
 	dev_reply(ih->unique, 0, &out, sizeof(out));
 	return 0;
 }
@@ -514,10 +488,10 @@ static void start_queues(void)
 static void *dev_loop(void *unused)
 {
 	(void)unused;
-	char *buf = aligned_alloc(4096, BUFSZ);
+	char *buf = aligned_alloc(4096, PERF_BUFSIZE);
 	char out[256];
 	for (;;) {
-		ssize_t n = read(devfd, buf, BUFSZ);
+		ssize_t n = read(devfd, buf, PERF_BUFSIZE);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
 				continue;
@@ -528,8 +502,7 @@ static void *dev_loop(void *unused)
 			dev_init(ih, (void *)(buf + sizeof(*ih)));
 			start_queues();
 			restore_enable_uring();
-			printf("READY dev0=%s readers=%d\n", dev0_path, nqueues);
-			fflush(stdout);
+			perf_ready(dev0_path, nqueues);
 			continue;
 		}
 		int err; /* FORGET/INTERRUPT come here; anything else only before the rings are up */
@@ -567,8 +540,7 @@ int main(int argc, char **argv)
 	if (!realpath(mountpoint, real))
 		skip("the mount point does not exist");
 	snprintf(dev0_path, sizeof(dev0_path), "%s/dev0", real);
-	for (int i = 0; i < PERF_SIZE; i++)
-		data[i] = (char)('a' + i % 26);
+	perf_init();
 	start_time = time(NULL);
 	devfd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
 	if (devfd < 0)
@@ -576,12 +548,7 @@ int main(int argc, char **argv)
 	char opts[256];
 	snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=%d,group_id=%d,allow_other", devfd, geteuid(),
 		 getegid());
-	/* SIGTERM/SIGINT are taken by the main thread (sigwait); every other thread blocks them */
-	sigset_t stop;
-	sigemptyset(&stop);
-	sigaddset(&stop, SIGTERM);
-	sigaddset(&stop, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+	perf_block_stop_signals(); /* SIGTERM/SIGINT: taken by the main thread below, blocked in all others */
 	if (enable_uring_flag) {
 		FILE *f = fopen(ENABLE_URING, "r");
 		int c = f ? fgetc(f) : EOF;
@@ -600,9 +567,7 @@ int main(int argc, char **argv)
 	mountpoint = real;
 	pthread_t dev;
 	pthread_create(&dev, NULL, dev_loop, NULL);
-	int sig;
-	while (sigwait(&stop, &sig) != 0)
-		;
+	perf_wait_for_stop();
 	umount2(real, MNT_DETACH);
 	return 0;
 }
