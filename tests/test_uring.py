@@ -497,6 +497,51 @@ def test_a_burst_of_blocked_readers_beyond_the_first_entries_is_all_served(no_le
 
 
 @needs_uring
+def test_a_caller_waiting_for_the_rings_is_served_when_they_become_ready(tmp_path, monkeypatch,
+                                                                        no_leftover_mounts) -> None:
+    """A system call made right after the mount waits in the kernel until every CPU's queue has
+    registered; the REGISTER that completes the set wakes it, and its request may be delivered
+    before that queue's thread has left the registration step.  The request must be served, not
+    taken for a REGISTER completion (that lost it: the caller hung forever in D state).  The window
+    is real but narrow: here the last queue pauses before and after its REGISTERs, and the caller
+    runs on that queue's CPU."""
+    from fusd_runtime.uring.queue import FuseQueue
+
+    last = max(possible_cpus())
+    if last not in os.sched_getaffinity(0):
+        pytest.skip(f"needs to run a process on CPU {last}")
+    real_submit = FuseQueue._submit
+
+    def submit(self, min_complete=0, flags=0):
+        if self.qid == last and not self.registered.is_set():  # registering: a wider window
+            time.sleep(0.5 if not flags else 0.3)
+        return real_submit(self, min_complete, flags)
+
+    monkeypatch.setattr(FuseQueue, "_submit", submit)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    caller = subprocess.Popen(["taskset", "-c", str(last), sys.executable, "-c", """if True:
+        import os, sys, time
+        mnt = sys.argv[1]
+        while not any(line.split()[4] == mnt for line in open("/proc/self/mountinfo")):
+            time.sleep(0.001)
+        os.stat(mnt)  # GETATTR of the root: waits until the rings are ready
+        print("served")
+        """, str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        srv = start_server("uring", mountpoint=str(mnt))
+        try:
+            out, err = caller.communicate(timeout=15)
+            assert out.strip() == "served", err
+        finally:
+            srv.stop()  # (a lost request is ended here: the caller exits)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        caller.wait(10)
+
+
+@needs_uring
 @pytest.mark.parametrize("enabled", [True, False])
 def test_fusd_serve_transport_uring_says_which_channel_serves(tmp_path, enabled, no_leftover_mounts) -> None:
     mnt = tmp_path / "mnt"

@@ -10,7 +10,7 @@ makes the entry free for the next request.  So one ``io_uring_enter`` per round
 trip both commits the last reply and waits for the next request.
 
 **Entries are channels.**  A :class:`RingEntry` is what the session's handlers get
-where the read/write transport passes a /dev/fuse fd: ``session.writev(entry,
+where the read/write transport passes a /dev/fuse fd: ``session.send(entry,
 parts)`` answers the request the entry holds.  A deferred reply keeps its entry
 and may answer from any thread.
 
@@ -491,17 +491,20 @@ class FuseQueue:
         self.session._queue_finished(self, self.end_reason)
 
     def _check_registered(self) -> None:
-        """After the first submit: a REGISTER that failed has already completed with its error."""
+        """After the first submit: a REGISTER that failed has already completed with its error.
+
+        Only looks: the CQ head stays where it is.  Requests the kernel delivered in the
+        meantime (callers that waited for the ring to become ready are woken by the
+        REGISTER that makes it so) are completions too, and the loop serves them.
+        """
         ring = self.ring
         head, tail = ring.cq_head[0], ring.cq_tail[0]
         while head != tail:
             user_data, res, _ = _CQE.unpack_from(ring.cq, ring.cqes + (head & ring.cq_mask) * ring.cqe_size)
-            head += 1
+            head = (head + 1) & 0xFFFFFFFF
             if user_data < WAKE and res < 0:
                 self.error = OSError(-res, f"FUSE_IO_URING_CMD_REGISTER on queue {self.qid}: {os.strerror(-res)}")
-        ring.cq_head[0] = head & 0xFFFFFFFF
-        if self.error is not None:
-            raise self.error
+                raise self.error
 
     def _loop(self) -> None:
         """Serve: one io_uring_enter commits the replies published and waits for the next request.
