@@ -281,7 +281,23 @@ class UringFuseSession(FuseSession):
     def _queue_finished(self, queue: FuseQueue, reason: Optional[str]) -> None:
         """A queue thread ended: stopping, or (``reason``) the kernel ended the connection."""
         if reason is not None and not self.stopping:
-            self.end(reason)
+            self.end(self._how_the_connection_ended() or reason)
+
+    def _how_the_connection_ended(self) -> Optional[str]:
+        """What /dev/fuse says: its entries are cancelled with ENOTCONN on an unmount and on a
+        fusectl abort alike, but a read of the disconnected device fails ENODEV or ECONNABORTED."""
+        if self.fd < 0:
+            return None
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        try:
+            ready = poller.poll(0)
+            if not ready or not ready[0][1] & select.POLLERR:
+                return None  # still connected: nothing to read without taking a message
+            os.read(self.fd, self.bufsize)
+        except OSError as exc:
+            return _why(exc) if exc.errno in (errno.ENODEV, errno.ECONNABORTED) else None
+        return None
 
     def _stop_queues(self, timeout: float = 5.0) -> None:
         for q in self.queues:
