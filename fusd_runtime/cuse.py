@@ -179,20 +179,22 @@ class CuseSession(Session):
         parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
         return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
-    def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
-        """Answer; on a seekable device a READ/WRITE answer also moves the open file's position.
+    def result_parts(self, chan: Any, unique: int, opcode: int, result: Any, size: int,
+                     ctx: Context) -> Optional[List[Any]]:
+        """The answer's parts; on a seekable device a READ/WRITE answer also moves the open file's position.
 
-        The position moves *before* the answer is written: the caller's next read may
-        reach another reader the moment it has its answer.
+        Every answer passes here (immediate, deferred, async).  The position moves
+        *before* the answer is written: the caller's next read may reach another
+        reader the moment it has its answer.
         """
-        if self.device.seekable and opcode in (OP.FUSE_READ, OP.FUSE_WRITE):
+        parts = super().result_parts(chan, unique, opcode, result, size, ctx)
+        if parts is not None and self.device.seekable and opcode in (OP.FUSE_READ, OP.FUSE_WRITE):
             if opcode == OP.FUSE_READ:
-                moved = min(len(result), size) if isinstance(result, (bytes, bytearray, memoryview)) else 0
+                moved = min(len(result), size)
             else:
-                moved = size if result is None else (result if isinstance(result, int) and 0 <= result <= size
-                                                     else 0)
+                moved = size if result is None else result
             ctx.__dict__["cuse_pos"] = ctx.__dict__.get("cuse_pos", 0) + moved
-        super().send_result(chan, unique, opcode, result, size, ctx)
+        return parts
 
     # ------------------------------------------------------------------ the one device
     def device_for_open(self, nodeid: int) -> Device:

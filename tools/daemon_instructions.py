@@ -1,26 +1,27 @@
 """Instructions the daemon executes per request: a hot-path measurement that does not depend on machine noise.
 
-    python tools/daemon_instructions.py [--ops pread1,getattr] [--calls 2000,12000] \\
+    python tools/daemon_instructions.py [--ops pread1,getattr] [--calls 2000,6000] \\
         NAME='COMMAND {mnt}' NAME='COMMAND {mnt}' ...
 
 Each variant's server runs under ``valgrind --tool=callgrind`` (which counts
-instructions, not time: the same binary with the same input gives the same count
-whatever else the machine does), is driven by the perf harness's C client with
-two call counts, and stops; the difference of the two totals divided by the
-difference of the calls is the daemon's instructions per request — start-up,
-mount and teardown cancel out.  Use it to show that a change to the hot path did
-not add work (``tools/perf_ab.py`` gives the time on a quiet machine).
+instructions, not time: the same code with the same input gives the same count
+whatever else the machine does) and is driven by the perf harness's C client.
+For each op the counters are zeroed (``callgrind_control -z``), ``N1`` calls are
+made and the counts read (``callgrind_control -e``), then the same with ``N2``
+calls; ``(count(N2) - count(N1)) / (N2 - N1)`` is the daemon's instructions per
+request, all threads together.  Work that grows with wall time instead of calls
+(the reader supervisor's ticks on the event loop) is shown apart, as the loop
+thread's count, since valgrind stretches wall time ~50x.
 
-Needs root, /dev/fuse, valgrind and the harness's client (``$PERF_DIR/build/client``,
-built by the perf harness or ``gcc -O2 -o client client.c -lpthread``).  One reader
-thread (``--readers 1`` is appended to perfserver commands): valgrind runs threads
-one at a time anyway.
+Use it to show that a change to the hot path did not add work (``tools/perf_ab.py``
+gives the time, on a quiet machine).  Needs root, /dev/fuse, valgrind and the
+harness's client (``$PERF_DIR/build/client``, or ``gcc -O2 -o client client.c -lpthread``
+from the perf harness).  ``--readers 1`` is appended to perfserver commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import shutil
@@ -29,52 +30,58 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 
-def _total_instructions(path: str) -> int:
-    """The file's instruction total (0 for a process that only exec'ed, like ``env``)."""
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"(?:summary|totals):\s+(\d+)", line)
-            if m:
-                return int(m.group(1))
-    return 0
+def _counts(pid: int) -> Dict[int, int]:
+    out = subprocess.run(["callgrind_control", "-e", str(pid)], capture_output=True, text=True).stdout
+    return {int(t): int(n.replace(",", "")) for t, n in re.findall(r"Th\s+(\d+)\s+([\d,]+)", out)}
 
 
-def run_once(cmd: str, client: str, op: str, calls: int) -> int:
-    """Instructions of one server process that answered ``calls`` calls of ``op`` (plus start and stop)."""
-    mnt = tempfile.mkdtemp(prefix="fusd-cg-")
-    out_dir = tempfile.mkdtemp(prefix="fusd-cg-out-")
+def _measure(pid: int, client: str, target: str, op: str, calls: int) -> Dict[int, int]:
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    subprocess.run([client, "-n", str(calls), "-w", "0", "-o", op, target], capture_output=True, check=True,
+                   timeout=1200)
+    return _counts(pid)
+
+
+def measure_variant(cmd: str, client: str, ops: List[str], low: int, high: int) -> Dict[str, Tuple[float, float]]:
+    """{op: (instructions per request, loop thread's instructions per request)} for one server command."""
+    base = tempfile.mkdtemp(prefix="fusd-cg-")
+    mnt = os.path.join(base, "mnt")
+    os.mkdir(mnt)
     command = cmd.replace("{mnt}", mnt)
-    full = (f"exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file={out_dir}/cg.%p "
-            f"{command}")
     # cwd="/": ``python -m`` puts the working directory first on sys.path, which would shadow PYTHONPATH
-    proc = subprocess.Popen(["bash", "-c", full], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(["bash", "-c", f"exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file={base}/cg.%p "
+                             f"{command}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, cwd="/")
+    target = os.path.join(mnt, "dev0")
+    result: Dict[str, Tuple[float, float]] = {}
     try:
-        deadline = time.monotonic() + 300
-        while not os.path.exists(os.path.join(mnt, "dev0")):
+        deadline = time.monotonic() + 600
+        while not os.path.exists(target):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"daemon_instructions: the server did not come up: {command}")
-            time.sleep(0.2)
-        subprocess.run([client, "-n", str(calls), "-w", "0", "-o", op, os.path.join(mnt, "dev0")],
-                       capture_output=True, check=True, timeout=600)
+            time.sleep(0.5)
+        _measure(proc.pid, client, target, ops[0], low)  # warm up (first calls, lazy paths)
+        for op in ops:
+            small = _measure(proc.pid, client, target, op, low)
+            large = _measure(proc.pid, client, target, op, high)
+            total = (sum(large.values()) - sum(small.values())) / (high - low)
+            loop = (large.get(1, 0) - small.get(1, 0)) / (high - low)  # thread 1: the main thread / the loop
+            result[op] = (total, loop)
+            print(f"  {op}: {total:.0f} instructions per request ({loop:.0f} on the main thread)", file=sys.stderr,
+                  flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)  # no clean stop needed: the counts are read; the watchdog unmounts
+        proc.wait()
+        for _ in range(50):
+            if subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
+                break
+            time.sleep(0.2)
         subprocess.run(["umount", "-l", mnt], capture_output=True)
-        os.rmdir(mnt)
-    files = glob.glob(os.path.join(out_dir, "cg.*"))
-    if not files:
-        raise SystemExit("daemon_instructions: valgrind wrote no output")
-    total = sum(_total_instructions(f) for f in files)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    return total
+        shutil.rmtree(base, ignore_errors=True)
+    return result
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -82,27 +89,26 @@ def main(argv: List[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="+", metavar="NAME=COMMAND", help="a server command line; {mnt} is its mountpoint")
     p.add_argument("--ops", default="pread1,pwrite1,getattr,ioctl")
-    p.add_argument("--calls", default="2000,12000", help="the two call counts whose difference is measured")
+    p.add_argument("--calls", default="2000,6000", help="the two call counts whose difference is measured")
     p.add_argument("--client", default=os.path.join(os.environ.get("PERF_DIR", "/tmp/perf"), "build", "client"))
     args = p.parse_args(argv)
-    if not shutil.which("valgrind"):
-        p.error("needs valgrind (Debian package valgrind)")
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        p.error("needs valgrind and callgrind_control (Debian package valgrind)")
     if not os.path.exists(args.client):
         p.error(f"no harness client at {args.client}")
     low, high = (int(x) for x in args.calls.split(","))
-    variants: Dict[str, str] = dict(v.split("=", 1) for v in args.variants)
+    variants = dict(v.split("=", 1) for v in args.variants)
     ops = args.ops.split(",")
-    print(f"instructions per request in the daemon (callgrind, ({high} - {low}) calls)")
-    print(f"{'variant':12s}" + "".join(f"{op:>12s}" for op in ops))
+    table = {}
     for name, cmd in variants.items():
         if "perfserver" in cmd and "--readers" not in cmd:
             cmd += " --readers 1"
-        cells = []
-        for op in ops:
-            per = (run_once(cmd, args.client, op, high) - run_once(cmd, args.client, op, low)) / (high - low)
-            cells.append(f"{per:12.0f}")
-            print(f"  {name} {op}: {per:.0f}", file=sys.stderr, flush=True)
-        print(f"{name:12s}" + "".join(cells), flush=True)
+        print(f"{name}:", file=sys.stderr, flush=True)
+        table[name] = measure_variant(cmd, args.client, ops, low, high)
+    print(f"instructions per request in the daemon, all threads (callgrind, {high} - {low} calls)")
+    print(f"{'variant':12s}" + "".join(f"{op:>12s}" for op in ops))
+    for name, row in table.items():
+        print(f"{name:12s}" + "".join(f"{row[op][0]:12.0f}" for op in ops))
     return 0
 
 
