@@ -293,10 +293,15 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
                   file=sys.stderr)
             return 2
 
+    stopping: List[int] = []
+
     def progress(msg: str) -> None:
+        if stopping:  # the signal's KeyboardInterrupt may have been swallowed (raised inside an at-fork handler)
+            raise KeyboardInterrupt
         print("fusd bench: " + msg, file=sys.stderr, flush=True)
 
     def stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)
         raise KeyboardInterrupt  # unwinds measure(): every server stopped, every mount removed
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):

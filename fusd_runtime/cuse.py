@@ -162,6 +162,7 @@ class CuseSession(Session):
         if not strand.acquire(False):
             return self.queued(strand, self._op_write_positioned if write else self._op_read_positioned,
                                chan, buf, n, unique, nodeid, uid, gid, pid)
+        token = strand.token
         opcode = OP.FUSE_WRITE if write else OP.FUSE_READ
         try:
             ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = chan, unique, pid, uid, gid
@@ -170,12 +171,12 @@ class CuseSession(Session):
             pos = ctx.__dict__.get("cuse_pos", 0)
             result = ctx.device.write(ctx, data, pos) if write else ctx.device.read(ctx, size, pos)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "write" if write else "read")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
         return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 

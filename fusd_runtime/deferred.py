@@ -134,7 +134,7 @@ class Deferrals(FileOps):
             finally:
                 strand.release()
         else:
-            strand.backlog.append((self._device_job, (device, callback, args)))  # the holder runs it
+            strand.backlog.append((self._device_job, (device, callback, args), False))  # the holder runs it
         if strand.backlog:
             self.drain_elsewhere(strand)
 
