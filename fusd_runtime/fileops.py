@@ -196,8 +196,9 @@ class FileOps(Replies):
     def _op_read(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                  pid: int) -> Optional[List[Any]]:
         fh, offset, size, _, _, flags, _ = self._unpack_read_in(buf, 40)
-        ctx = self.files.get(fh)
-        if ctx is None:
+        try:
+            ctx = self.files[fh]  # (a subscript: cheaper than .get on the hot path)
+        except KeyError:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
         token = strand.token
@@ -212,7 +213,7 @@ class FileOps(Replies):
             ctx.pid = pid
             ctx.uid = uid
             ctx.gid = gid
-            ctx.nonblock = nonblock = flags & _O_NONBLOCK
+            ctx.nonblock = nonblock = flags & 0o4000  # O_NONBLOCK (a constant: no global lookup)
             ctx.opcode = 15  # FUSE_READ
             ctx.size = size
             result = ctx.device.read(ctx, size, offset)
@@ -239,8 +240,9 @@ class FileOps(Replies):
         start = self._write_data
         if start + size != n:  # the payload must be exactly what the header and fuse_write_in say
             return self.bad_body(chan, unique, 16, f"fuse_write_in.size {size} but {n - start} payload bytes")
-        ctx = self.files.get(fh)
-        if ctx is None:
+        try:
+            ctx = self.files[fh]  # (a subscript: cheaper than .get on the hot path)
+        except KeyError:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
         token = strand.token
@@ -254,7 +256,7 @@ class FileOps(Replies):
             ctx.pid = pid
             ctx.uid = uid
             ctx.gid = gid
-            ctx.nonblock = nonblock = flags & _O_NONBLOCK
+            ctx.nonblock = nonblock = flags & 0o4000  # O_NONBLOCK (a constant: no global lookup)
             ctx.opcode = 16  # FUSE_WRITE
             ctx.size = size
             device = ctx.device
@@ -322,8 +324,9 @@ class FileOps(Replies):
     def _op_fsync(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                   pid: int) -> Optional[List[Any]]:
         fh, fsync_flags, _ = self._unpack_fsync_in(buf, 40)
-        ctx = self.files.get(fh)
-        if ctx is None:
+        try:
+            ctx = self.files[fh]  # (a subscript: cheaper than .get on the hot path)
+        except KeyError:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
         token = strand.token
@@ -355,8 +358,9 @@ class FileOps(Replies):
         fh, flags, cmd, arg, in_size, out_size = self._unpack_ioctl_in(buf, 40)
         if 72 + in_size != n:  # fuse_ioctl_in.in_size must be the data that follows it
             return self.bad_body(chan, unique, 39, f"fuse_ioctl_in.in_size {in_size} but {n - 72} data bytes")
-        ctx = self.files.get(fh)
-        if ctx is None:
+        try:
+            ctx = self.files[fh]  # (a subscript: cheaper than .get on the hot path)
+        except KeyError:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
         token = strand.token
@@ -432,8 +436,9 @@ class FileOps(Replies):
     def _op_poll(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                  pid: int) -> Optional[List[Any]]:
         fh, kh, flags, events = self._unpack_poll_in(buf, 40)
-        ctx = self.files.get(fh)
-        if ctx is None:
+        try:
+            ctx = self.files[fh]  # (a subscript: cheaper than .get on the hot path)
+        except KeyError:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
         token = strand.token
