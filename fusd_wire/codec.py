@@ -26,15 +26,18 @@ import construct as cs
 
 from . import constants as C
 from .errors import WireError
+from .fastdecode import container_reader
 from .fastpath import FAST, FastStruct
-from .layouts import fast_layout
+from .layouts import fast_layout, layout
 from .opcodes import NOTIFICATIONS, OPS, NotifySpec, OpSpec
-from .parts import EXTENSIONS, Name, Part, merge_fields, strip_io
+from .parts import EXTENSIONS, Data, Name, Part, merge_fields, strip_io
 
 IN_HEADER_SIZE = FAST.fuse_in_header.size
 OUT_HEADER_SIZE = FAST.fuse_out_header.size
 _IN_HEADER = FAST.fuse_in_header
 _OUT_HEADER = FAST.fuse_out_header
+_READ_IN_HEADER = container_reader(layout("fuse_in_header"), "fuse_in_header")
+_READ_OUT_HEADER = container_reader(layout("fuse_out_header"), "fuse_out_header")
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -153,7 +156,7 @@ class Codec:
         if len(data) < IN_HEADER_SIZE:
             raise WireError(f"fuse_in_header needs {IN_HEADER_SIZE} bytes, {len(data)} available",
                             offset=0, expected="fuse_in_header")
-        header = strip_io(cs.Container(_layout_parse("fuse_in_header", data[:IN_HEADER_SIZE])))
+        header = _READ_IN_HEADER(data, 0)
         opcode, unique = header.opcode, header.unique
         if header.len != len(data):
             raise WireError(f"fuse_in_header.len is {header.len} but the message has {len(data)} bytes",
@@ -311,7 +314,7 @@ class Codec:
         if len(data) < OUT_HEADER_SIZE:
             raise WireError(f"fuse_out_header needs {OUT_HEADER_SIZE} bytes, {len(data)} available",
                             opcode=opcode, offset=0, expected="fuse_out_header")
-        header = strip_io(cs.Container(_layout_parse("fuse_out_header", data[:OUT_HEADER_SIZE])))
+        header = _READ_OUT_HEADER(data, 0)
         if header.len != len(data):
             raise WireError(f"fuse_out_header.len is {header.len} but the message has {len(data)} bytes",
                             opcode=opcode, unique=header.unique, offset=0, expected="len == message size")
@@ -336,40 +339,59 @@ class Codec:
 
     def _decode_parts(self, parts: Sequence[Part], data: bytes, base: int, ctx: PartContext,
                       opcode: Optional[int], unique: Optional[int], what: Optional[str] = None) -> Any:
-        stream = io.BytesIO(data)
+        # Fixed structs, names and payloads (nearly every message) are cut out directly,
+        # structs with the derived fast reader (fastdecode: the same Containers construct
+        # builds); the variable parts (dirent lists, arrays, blobs) go through construct.
         body = ctx.parts
         total = len(data)
+        pos = 0
+        stream: Optional[io.BytesIO] = None
         for part in parts:
             if part.when is not None and not part.when(ctx):
                 body[part.name] = None
                 continue
-            pos = stream.tell()
-            con = part.construct(ctx)
+            start = pos
             if part.struct_name is not None:
+                con = layout(part.struct_name, ctx.minor, ctx.flags)
                 need = con.sizeof()
                 if total - pos < need:
                     raise WireError(f"{part.struct_name} needs {need} bytes, {total - pos} available",
                                     opcode=opcode, unique=unique, offset=base + pos, expected=part.struct_name)
-            try:
-                value = con.parse_stream(stream)
-            except cs.ConstructError as exc:
-                msg = "no NUL terminator before the end of the message" if isinstance(part, Name) \
-                    else _construct_message(exc)
-                raise WireError(f"{part.describe()}: {msg}", opcode=opcode, unique=unique,
-                                offset=base + pos, expected=part.describe()) from None
-            body[part.name] = strip_io(value)
+                value = container_reader(con, part.struct_name)(data, pos)
+                pos += need
+            elif isinstance(part, Name):
+                end = data.find(b"\0", pos)
+                if end < 0:
+                    raise WireError(f"{part.describe()}: no NUL terminator before the end of the message",
+                                    opcode=opcode, unique=unique, offset=base + pos, expected=part.describe())
+                value = data[pos:end]
+                pos = end + 1
+            elif isinstance(part, Data):
+                value = data[pos:]
+                pos = total
+            else:
+                if stream is None:
+                    stream = io.BytesIO(data)
+                stream.seek(pos)
+                try:
+                    value = strip_io(part.construct(ctx).parse_stream(stream))
+                except cs.ConstructError as exc:
+                    raise WireError(f"{part.describe()}: {_construct_message(exc)}", opcode=opcode, unique=unique,
+                                    offset=base + pos, expected=part.describe()) from None
+                pos = stream.tell()
+            body[part.name] = value
             if part.length is not None:
                 holder, fld = part.length
                 declared = body[holder][fld]
                 if declared != len(value):
                     raise WireError(f"{holder}.{fld} is {declared} but the {part.name} has {len(value)} bytes",
-                                    opcode=opcode, unique=unique, offset=base + pos,
+                                    opcode=opcode, unique=unique, offset=base + start,
                                     expected=f"{part.name} of {holder}.{fld} bytes")
-        rest = total - stream.tell()
+        rest = total - pos
         if rest:
             last = parts[-1].describe() if parts else "the header"
             raise WireError(f"{rest} unexpected bytes after {last}", opcode=opcode, unique=unique,
-                            offset=base + stream.tell(), expected="end of message")
+                            offset=base + pos, expected="end of message")
         return body
 
     def _build_part(self, con: Any, value: Any, opcode: Optional[int], what: str) -> bytes:
@@ -418,11 +440,6 @@ class Codec:
                 value = part.default()
             out.append(self._build_part(con, value, opcode, part.describe()))
         return b"".join(out)
-
-
-def _layout_parse(name: str, raw: bytes) -> Any:
-    from .schemas import STRUCTS
-    return STRUCTS[name].parse(raw)
 
 
 def _stated_minor(body: Any) -> Optional[int]:
