@@ -52,22 +52,22 @@ class Request:
     @property
     def opcode(self) -> int:
         """The opcode (``fuse_in_header.opcode``)."""
-        return self.header.opcode
+        return self.header["opcode"]  # type: ignore[no-any-return]
 
     @property
     def unique(self) -> int:
         """The request id its reply carries (``fuse_in_header.unique``)."""
-        return self.header.unique
+        return self.header["unique"]  # type: ignore[no-any-return]
 
     @property
     def name(self) -> str:
         """The opcode's short name: ``READ``, ``CUSE_INIT``."""
-        return C.opcode_name(self.header.opcode)
+        return C.opcode_name(self.header["opcode"])
 
     @property
     def spec(self) -> Optional[OpSpec]:
         """The opcode's table entry; None for an opcode the table does not know."""
-        return OPS.get(self.header.opcode)
+        return OPS.get(self.header["opcode"])
 
 
 @dataclass
@@ -81,12 +81,12 @@ class Reply:
     @property
     def unique(self) -> int:
         """The id of the request this answers."""
-        return self.header.unique
+        return self.header["unique"]  # type: ignore[no-any-return]
 
     @property
     def error(self) -> int:
         """0, or a negative errno (``fuse_out_header.error``)."""
-        return self.header.error
+        return self.header["error"]  # type: ignore[no-any-return]
 
     @property
     def name(self) -> str:
@@ -140,6 +140,7 @@ class Codec:
         self.minor = minor
         self.flags = flags
         self.strict = strict
+        self._structs: Dict[str, Tuple[int, Any]] = {}  # struct name -> (size, fast Container reader)
 
     def __repr__(self) -> str:
         return f"Codec(minor={self.minor}, flags={self.flags:#x}, strict={self.strict})"
@@ -157,13 +158,13 @@ class Codec:
             raise WireError(f"fuse_in_header needs {IN_HEADER_SIZE} bytes, {len(data)} available",
                             offset=0, expected="fuse_in_header")
         header = _READ_IN_HEADER(data, 0)
-        opcode, unique = header.opcode, header.unique
-        if header.len != len(data):
-            raise WireError(f"fuse_in_header.len is {header.len} but the message has {len(data)} bytes",
+        opcode, unique = header["opcode"], header["unique"]
+        if header["len"] != len(data):
+            raise WireError(f"fuse_in_header.len is {header['len']} but the message has {len(data)} bytes",
                             opcode=opcode, unique=unique, offset=0, expected="len == message size")
         end = len(data)
         extensions: List[Any] = []
-        if self.minor >= 38 and header.total_extlen:
+        if header["total_extlen"] and self.minor >= 38:
             extlen = header.total_extlen * 8
             if extlen > end - IN_HEADER_SIZE:
                 raise WireError(f"total_extlen {header.total_extlen} (x8 bytes) exceeds the body of "
@@ -177,8 +178,9 @@ class Codec:
                 raise WireError(f"unknown opcode {opcode}", opcode=opcode, unique=unique, offset=4,
                                 expected="a known fuse_opcode")
             return Request(header, cs.Container(data=data[IN_HEADER_SIZE:end]), extensions)
-        ctx = self._context_for(spec, data[IN_HEADER_SIZE:end], request=None, reply=False)
-        body = self._decode_parts(spec.request, data[IN_HEADER_SIZE:end], IN_HEADER_SIZE, ctx, opcode, unique)
+        raw = data[IN_HEADER_SIZE:end]
+        ctx = self._context_for(spec, raw, request=None, reply=False)
+        body = self._decode_parts(spec.request, raw, IN_HEADER_SIZE, ctx, opcode, unique)
         return Request(header, body, extensions)
 
     def encode_request(self, opcode: int, body: Optional[Mapping[str, Any]] = None, *, unique: int,
@@ -213,10 +215,10 @@ class Codec:
         data = bytes(buf)
         opcode = request.opcode if isinstance(request, Request) else int(request)
         header = self._out_header(data, opcode)
-        if header.unique == 0:
+        if header["unique"] == 0:
             raise WireError("unique 0 is a notification, not a reply", opcode=opcode, offset=8,
                             expected="the request's unique")
-        if header.error:
+        if header["error"]:
             return self._error_reply(header, data, opcode)
         spec = OPS.get(opcode)
         if spec is None or spec.reply is None:
@@ -225,8 +227,9 @@ class Codec:
                                 expected="no message")
             return Reply(header, opcode, cs.Container(data=data[OUT_HEADER_SIZE:]))
         req_body = request.body if isinstance(request, Request) else None
-        ctx = self._context_for(spec, data[OUT_HEADER_SIZE:], request=req_body, reply=True)
-        body = self._decode_parts(spec.reply, data[OUT_HEADER_SIZE:], OUT_HEADER_SIZE, ctx, opcode, header.unique)
+        raw = data[OUT_HEADER_SIZE:]
+        ctx = self._context_for(spec, raw, request=req_body, reply=True)
+        body = self._decode_parts(spec.reply, raw, OUT_HEADER_SIZE, ctx, opcode, header["unique"])
         return Reply(header, opcode, body)
 
     def encode_reply(self, request: Union[Request, int], body: Optional[Mapping[str, Any]] = None, *,
@@ -315,7 +318,7 @@ class Codec:
             raise WireError(f"fuse_out_header needs {OUT_HEADER_SIZE} bytes, {len(data)} available",
                             opcode=opcode, offset=0, expected="fuse_out_header")
         header = _READ_OUT_HEADER(data, 0)
-        if header.len != len(data):
+        if header["len"] != len(data):
             raise WireError(f"fuse_out_header.len is {header.len} but the message has {len(data)} bytes",
                             opcode=opcode, unique=header.unique, offset=0, expected="len == message size")
         return header
@@ -352,12 +355,11 @@ class Codec:
                 continue
             start = pos
             if part.struct_name is not None:
-                con = layout(part.struct_name, ctx.minor, ctx.flags)
-                need = con.sizeof()
+                need, read = self._struct(part.struct_name, ctx)
                 if total - pos < need:
                     raise WireError(f"{part.struct_name} needs {need} bytes, {total - pos} available",
                                     opcode=opcode, unique=unique, offset=base + pos, expected=part.struct_name)
-                value = container_reader(con, part.struct_name)(data, pos)
+                value = read(data, pos)
                 pos += need
             elif isinstance(part, Name):
                 end = data.find(b"\0", pos)
@@ -393,6 +395,17 @@ class Codec:
             raise WireError(f"{rest} unexpected bytes after {last}", opcode=opcode, unique=unique,
                             offset=base + pos, expected="end of message")
         return body
+
+    def _struct(self, name: str, ctx: PartContext) -> Tuple[int, Any]:
+        """(size, fast reader) of a struct part at the context's minor and flags (cached per codec)."""
+        if ctx.minor == self.minor and ctx.flags == self.flags:
+            hit = self._structs.get(name)
+            if hit is None:
+                con = layout(name, self.minor, self.flags)
+                hit = self._structs[name] = (con.sizeof(), container_reader(con, name))
+            return hit
+        con = layout(name, ctx.minor, ctx.flags)  # INIT states its own minor
+        return con.sizeof(), container_reader(con, name)
 
     def _build_part(self, con: Any, value: Any, opcode: Optional[int], what: str) -> bytes:
         try:
@@ -478,9 +491,10 @@ class Conversation:
     def request(self, buf: Buffer) -> Request:
         """Decode a kernel -> daemon message and remember it until its reply."""
         req = self.codec.decode_request(buf)
-        spec = req.spec
-        if spec is None or spec.has_reply:
-            self.pending[req.unique] = req
+        h = req.header
+        spec = OPS.get(h["opcode"])
+        if spec is None or spec.reply is not None:
+            self.pending[h["unique"]] = req
         return req
 
     def from_daemon(self, buf: Buffer) -> Tuple[Union[Reply, Notification], Optional[Request]]:

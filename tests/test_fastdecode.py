@@ -22,8 +22,8 @@ from wire_samples import seed_corpus
 
 from fusd_wire.codec import PartContext
 from fusd_wire.fastdecode import container_reader
-from fusd_wire.opcodes import NOTIFICATIONS, OPS
 from fusd_wire.layouts import layout
+from fusd_wire.opcodes import NOTIFICATIONS, OPS
 from fusd_wire.parts import strip_io
 
 

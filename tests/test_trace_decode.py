@@ -175,9 +175,10 @@ def test_reply_without_request_and_unknown_opcode(tmp_path, capsys):
     assert main(["decode", str(path)]) == 1
     out, err = capsys.readouterr()
     errs = err.splitlines()
-    assert len(errs) == 2
+    assert len(errs) == 3
     assert "block 4, offset " in errs[0] and "unique 999 answers no request" in errs[0]
     assert "block 5, offset " in errs[1] and "unknown opcode 4000" in errs[1]
+    assert "1 replies without a request" in errs[2] and "0 requests without a reply" in errs[2]
     assert "   unique: 999, success, outsize: 17, no request" in out  # still shown
     assert "unique: 20, opcode: OPCODE_4000 (4000), nodeid: 1, insize: 44, pid: 0" in out
     assert "   unique: 20, error: -38 (ENOSYS), outsize: 16, reply to OPCODE_4000, latency: 10.0 us" in out

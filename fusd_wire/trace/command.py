@@ -1,8 +1,10 @@
 """``python -m fusd_wire decode``: options, filters, output, exit status.
 
 Exit status: 0 when the whole capture decoded cleanly, 1 when anything was wrong with
-it (each problem is printed on stderr with its block/line and offset, and decoding
-carried on), 2 for usage errors (bad options, unreadable file).
+it or is missing from it -- each problem is printed on stderr with its block/line and
+offset, decoding carries on, and a summary line ends the report (requests without a
+reply, replies without a request, incomplete messages) -- and 2 for usage errors (bad
+options, unreadable file).
 """
 
 from __future__ import annotations
@@ -160,8 +162,11 @@ def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: O
                 write(json.dumps(row) + "\n")
         else:
             write(stats.table() + "\n")
+    summary = decoder.finish()  # reports the requests that never got a reply
     if (args.since is not None or args.until is not None) and origin is None:
         print(f"{args.file}: warning: the capture has no timestamps; --since/--until ignored", file=err)
+    if problems:
+        print(f"{args.file}: {summary.line()}; {len(problems)} problem(s) reported above", file=err)
     return 1 if problems else 0
 
 

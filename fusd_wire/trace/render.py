@@ -94,28 +94,28 @@ def text_lines(ev: Event, *, limit: int = 64, origin_ns: Optional[int] = None) -
     lines: List[str] = []
     if ev.kind == REQUEST:
         if msg is None:
-            lines.append(f"unique: ?, opcode: ?, insize: {len(rec.data)}{conn}{when}")
+            lines.append(f"unique: ?, opcode: ?, insize: {rec.size}{conn}{when}")
         else:
             h = msg.header
             lines.append(f"unique: {h.unique}, opcode: {C.opcode_name(h.opcode)} ({h.opcode}), nodeid: {h.nodeid}, "
-                         f"insize: {len(rec.data)}, pid: {h.pid}{conn}{when}")
+                         f"insize: {rec.size}, pid: {h.pid}{conn}{when}")
             lines.extend(body_lines(msg.body, "   ", limit))
             for ext in getattr(msg, "extensions", None) or []:
                 lines.append(f"   extension: {_fmt_fields(ext, limit) if isinstance(ext, dict) else ext}")
     elif ev.kind == REPLY:
         if msg is None:
-            lines.append(f"   unique: ?, outsize: {len(rec.data)}{conn}{when}")
+            lines.append(f"   unique: ?, outsize: {rec.size}{conn}{when}")
         else:
             h = msg.header
             status = "success" if h.error == 0 else f"error: {h.error} ({errno_name(h.error)})"
             lat = ev.latency_ns
             tail = f", latency: {lat / 1000:.1f} us" if lat is not None else ""
             of = f", reply to {C.opcode_name(ev.request.opcode)}" if ev.request is not None else ", no request"
-            lines.append(f"   unique: {h.unique}, {status}, outsize: {len(rec.data)}{of}{tail}{conn}{when}")
+            lines.append(f"   unique: {h.unique}, {status}, outsize: {rec.size}{of}{tail}{conn}{when}")
             lines.extend(body_lines(msg.body, "      ", limit))
     elif ev.kind == NOTIFY and msg is not None:
         h = msg.header
-        lines.append(f"   NOTIFY: code={h.error} ({C.notify_name(h.error)}), length={len(rec.data)}{conn}{when}")
+        lines.append(f"   NOTIFY: code={h.error} ({C.notify_name(h.error)}), length={rec.size}{conn}{when}")
         lines.extend(body_lines(msg.body, "      ", limit))
     if ev.problem:
         lines.append(f"   !! {ev.problem} [{rec.location()}]")
@@ -139,7 +139,9 @@ def json_object(ev: Event, *, origin_ns: Optional[int] = None) -> Dict[str, Any]
     """The JSON form of one event (see docs/traces.md for the keys)."""
     rec, msg = ev.record, ev.message
     obj: Dict[str, Any] = {"type": ev.kind, "conn": rec.conn, "dir": "in" if rec.inbound else "out",
-                           "len": len(rec.data)}
+                           "len": rec.size}
+    if rec.missing:
+        obj["missing"] = rec.missing
     if rec.timestamp_ns is not None:
         obj["ts_ns"] = rec.timestamp_ns
         if origin_ns is not None:
