@@ -18,6 +18,7 @@ expected there.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import io
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -513,6 +514,7 @@ class Conversation:
         return msg, req
 
 
+@functools.lru_cache(maxsize=1024)
 def errno_name(error: int) -> str:
     """``-2`` -> ``ENOENT``; 0 -> ``OK``; unknown -> the number."""
     if error == 0:

@@ -77,6 +77,8 @@ class Filter:
         self.errors = args.errors
         self.since = None if args.since is None else int(args.since * 1e9)
         self.until = None if args.until is None else int(args.until * 1e9)
+        self.active = not (self.opcodes is None and self.uniques is None and self.nodeids is None
+                           and self.pids is None and not self.errors and self.since is None and self.until is None)
 
     def in_time(self, ev: Event, origin: Optional[int]) -> bool:
         ts = ev.record.timestamp_ns
@@ -124,15 +126,19 @@ def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: O
     except OSError as exc:
         print(f"{args.file}: cannot read: {exc.strerror or exc}", file=err)
         return 2
-    decoder = Decoder(capture, report)
+    decoder = Decoder(capture, report, bodies=not args.stats)  # counting needs headers only
     stats = Stats() if args.stats else None
     origin: Optional[int] = None
     held = {}  # --errors: (conn, unique) -> request event, shown only if its reply fails
     write = out.write
-    for ev in decoder:
+    if stats is not None and not flt.active:  # the common --stats run: nothing to select
+        add = stats.add
+        for ev in decoder:
+            add(ev)
+    for ev in decoder if stats is None or flt.active else ():
         if origin is None and ev.record.timestamp_ns is not None:
             origin = ev.record.timestamp_ns
-        if not flt.selects(ev) or not flt.in_time(ev, origin):
+        if flt.active and (not flt.selects(ev) or not flt.in_time(ev, origin)):
             continue
         if flt.errors:
             if ev.kind == REQUEST:

@@ -34,6 +34,7 @@ from .records import Connection, ProblemHandler, Record
 
 REQUEST, REPLY, NOTIFY = "request", "reply", "notify"
 _INTERRUPT = C.fuse_opcode.FUSE_INTERRUPT
+_INIT_OPS = (C.fuse_opcode.FUSE_INIT, C.fuse_opcode.CUSE_INIT)
 _MAX_INTERRUPTS = 10_000  # unanswered INTERRUPTs remembered per connection (answering one is optional)
 _READ_IN_HEADER = container_reader(layout("fuse_in_header"), "fuse_in_header")
 _READ_OUT_HEADER = container_reader(layout("fuse_out_header"), "fuse_out_header")
@@ -147,13 +148,18 @@ def _raw_out(data: bytes) -> Optional[cs.Container]:
 class Decoder:
     """Decode a stream of records (``Capture``) into ``Event``s, reporting problems as it goes.
 
+    ``bodies=False``: headers only (what counts, pairing, errors and latencies need, as for
+    ``--stats``): a well-formed message gets ``body`` None and its body is not checked;
+    INIT, and anything whose header is wrong, is still decoded in full and reported.
+
     ``connections``: the capture's connection table (read lazily: pcapng fills it while
     being iterated), used for the starting protocol of connections whose INIT is missing.
     """
 
     def __init__(self, records: Iterable[Record], on_problem: Optional[ProblemHandler] = None,
-                 connections: Optional[Dict[int, Connection]] = None) -> None:
+                 connections: Optional[Dict[int, Connection]] = None, *, bodies: bool = True) -> None:
         self.records = records
+        self.bodies = bodies
         self.on_problem = on_problem
         self.connections = connections if connections is not None else getattr(records, "connections", {})
         self._conns: Dict[int, _Conn] = {}
@@ -188,6 +194,8 @@ class Decoder:
         """Decode the records lazily, one Event per record, replies paired with their requests."""
         conns = self._conns
         summary = self.summary
+        request = self._request if self.bodies else self._head_request
+        reply = self._from_daemon if self.bodies else self._head_reply
         for rec in self.records:
             conn = conns.get(rec.conn)
             if conn is None:
@@ -197,9 +205,44 @@ class Decoder:
                 yield self._incomplete(conn, rec)
             elif rec.direction == 1:
                 summary.requests += 1
-                yield self._request(conn, rec)
+                yield request(conn, rec)
             else:
-                yield self._from_daemon(conn, rec)
+                yield reply(conn, rec)
+
+    def _head_request(self, conn: _Conn, rec: Record) -> Event:
+        """A request, header only (``bodies=False``); anything unusual goes the full way."""
+        data = rec.data
+        if len(data) < IN_HEADER_SIZE:
+            return self._request(conn, rec)
+        header = _READ_IN_HEADER(data, 0)
+        op = header["opcode"]
+        spec = OPS.get(op)
+        if spec is None or header["len"] != len(data) or op in _INIT_OPS:
+            return self._request(conn, rec)
+        req = Request(header, None)
+        if spec.reply is not None:
+            unique = header["unique"]
+            conn.conv.pending[unique] = req
+            conn.records[unique] = rec
+        elif op == _INTERRUPT:
+            self._remember_interrupt(conn, req, rec)
+        return Event(REQUEST, rec, req)
+
+    def _head_reply(self, conn: _Conn, rec: Record) -> Event:
+        """A reply, header only (``bodies=False``); notifications, INIT and oddities go the full way."""
+        data = rec.data
+        if len(data) < OUT_HEADER_SIZE:
+            return self._from_daemon(conn, rec)
+        header = _READ_OUT_HEADER(data, 0)
+        unique, error = header["unique"], header["error"]
+        pending = conn.conv.pending
+        req = pending.get(unique) if unique else None
+        if (req is None or header["len"] != len(data) or req.header["opcode"] in _INIT_OPS
+                or error and (len(data) != OUT_HEADER_SIZE or not -4095 <= error < 0)):
+            return self._from_daemon(conn, rec)
+        del pending[unique]
+        self.summary.replies += 1
+        return Event(REPLY, rec, Reply(header, req.header["opcode"], None), req, conn.records.pop(unique, None))
 
     def _request(self, conn: _Conn, rec: Record) -> Event:
         req: Optional[Request]

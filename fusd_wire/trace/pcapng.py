@@ -340,6 +340,34 @@ class BlockReader:
             e = self._e
             if e == "<":
                 btype, total = le(buf, p)
+                if btype == BT_EPB:
+                    # The common case, kept tight: little-endian EPBs that carry only epb_flags,
+                    # wholly in the window.  Anything else leaves for the general path below.
+                    interfaces = self.interfaces
+                    nif = len(interfaces)
+                    sbase = self._section_base
+                    n = len(buf)
+                    while (btype == BT_EPB and 32 <= total <= MAX_BLOCK and p + total <= n and not total & 3
+                           and u32(buf, p + total - 4)[0] == total):
+                        ifid, hi, lo, caplen, origlen = epb(buf, p + 8)
+                        dend = p + 28 + caplen
+                        opos = dend + (-caplen & 3)
+                        ifno = sbase + ifid
+                        if (p + total - 4 - opos != 12 or ifno >= nif or buf[opos:opos + 4] != _FLAGS_OPT_LE
+                                or u32(buf, opos + 8)[0]):
+                            break
+                        units = interfaces[ifno].units_per_sec
+                        ticks = (hi << 32) | lo
+                        yield Packet(ifno, ticks if units == 1_000_000_000 else ticks * 1_000_000_000 // units,
+                                     buf[p + 28:dend], origlen, u32(buf, opos + 4)[0], [], self.block, pos)
+                        pos += total
+                        p += total
+                        self.block += 1
+                        if n - p < 12:
+                            break
+                        btype, total = le(buf, p)
+                    if n - p < 12:
+                        continue  # the window is used up: refill it
             else:
                 btype, total = struct.unpack_from(">II", buf, p)
             if btype == BT_SHB:
