@@ -107,10 +107,9 @@ class _Line:
 class _Conn:
     """What the reader learns about one connection: its INIT (for the -s advice)."""
 
-    __slots__ = ("init_unique", "max_message", "cuse")
+    __slots__ = ("max_message", "cuse")
 
     def __init__(self) -> None:
-        self.init_unique: Optional[int] = None
         self.max_message: Optional[int] = None  # largest message the negotiated limits allow
         self.cuse = False
 
@@ -147,6 +146,7 @@ class _Reader:
         self.found = False
         self.asm_index: Dict[Tuple[int, int], Assembly] = {}  # (conn, unique) -> request still in a pipe
         self.asms: Dict[int, Assembly] = {}  # every assembly not yet emitted, by id
+        self.init_wait: Dict[int, int] = {}  # conn -> unique of its INIT, until the reply is seen
         self.cut_first: Optional[Tuple[int, int]] = None  # (line, offset) of the first message cut by -s
         self.cut_count = 0
         self.cut_size = 0  # the -s the log was made with (length of a cut string)
@@ -264,8 +264,8 @@ class _Reader:
             cuse = data[4:8] == _INIT_CODES[1]
             self.cap.connections[conn] = Connection(conn, f"strace fd {fd}", "cuse" if cuse else "fuse")
             info = self.conns[conn] = _Conn()
-            info.init_unique = int.from_bytes(data[8:16], "little")
             info.cuse = cuse
+            self.init_wait[conn] = int.from_bytes(data[8:16], "little")
             dev.conn = self.latest = conn
             return conn
         if dev.conn is None:
@@ -279,20 +279,23 @@ class _Reader:
     def _record(self, dev: FuseDev, fd: int, direction: int, ts: Optional[int], data: bytes, missing: int = 0,
                 why: str = "", comment: str = "", where: Optional[Tuple[int, int]] = None) -> None:
         """A message on /dev/fuse: assign its connection, note INIT, queue the record."""
-        inbound = direction == INBOUND
-        conn = self._connection(dev, fd, data, inbound) if (dev.conn is None or inbound and not missing) \
-            else dev.conn
-        line, offset = where if where is not None else (self.at.no, self.at.offset)
-        if not inbound and len(data) >= OUT_HEADER_SIZE:
-            unique = int.from_bytes(data[8:16], "little")
-            if self.asm_index:
+        conn = dev.conn
+        if direction == INBOUND:
+            if conn is None or not missing and data[4:8] in _INIT_CODES:
+                conn = self._connection(dev, fd, data, True)
+        else:
+            if conn is None:
+                conn = self._connection(dev, fd, data, False)
+            if (self.asm_index or self.init_wait) and len(data) >= OUT_HEADER_SIZE:
+                unique = int.from_bytes(data[8:16], "little")
                 asm = self.asm_index.pop((conn, unique), None)
                 if asm is not None and not asm.done:
                     self._emit_assembly(asm, "read with splice(2) into a pipe; answered before the rest of it was "
                                              "read out of the pipe")
-            info = self.conns.get(conn)
-            if info is not None and info.init_unique == unique and not missing:
-                self._note_init_reply(info, data)
+                if self.init_wait.get(conn) == unique and not missing:
+                    del self.init_wait[conn]
+                    self._note_init_reply(self.conns[conn], data)
+        line, offset = where if where is not None else (self.at.no, self.at.offset)
         self.found = True
         self.out.append(Record(conn, direction, ts, data, line, offset, "line", comment, missing, why))
 

@@ -34,15 +34,24 @@ class Syntax(ValueError):
 
 def ts_ns(text: bytes) -> Tuple[int, bool]:
     """(nanoseconds, is_absolute) of a strace timestamp: 12:34:56[.ffffff], 1700000000.123456, or -r 0.000123."""
-    s = text.decode()
-    if ":" in s:
-        hms, _, frac = s.partition(".")
-        h, m, sec = (int(x) for x in hms.split(":"))
-        ns = int((frac + "000000000")[:9]) if frac else 0
-        return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + ns, True
-    whole, _, frac = s.partition(".")
-    ns = int(whole) * 1_000_000_000 + (int((frac + "000000000")[:9]) if frac else 0)
-    return ns, int(whole) >= 100_000_000  # small numbers are -r deltas
+    dot = text.find(b".")
+    if b":" not in text:
+        if dot < 0:
+            whole = int(text)
+            return whole * 1_000_000_000, whole >= 100_000_000
+        whole = int(text[:dot])
+        frac = text[dot + 1:dot + 10]
+        return whole * 1_000_000_000 + int(frac) * _SCALE[len(frac)], whole >= 100_000_000  # small: -r deltas
+    hms = text[:dot] if dot >= 0 else text
+    h, m, sec = (int(x) for x in hms.split(b":"))
+    ns = 0
+    if dot >= 0:
+        frac = text[dot + 1:dot + 10]
+        ns = int(frac) * _SCALE[len(frac)] if frac else 0
+    return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + ns, True
+
+
+_SCALE = [10 ** (9 - i) for i in range(10)]
 
 
 def unescape(s: bytes) -> bytes:
@@ -50,12 +59,14 @@ def unescape(s: bytes) -> bytes:
 
     Raises ``Syntax`` for an escape strace never prints (``\\x`` without two hex digits, ...).
     """
-    hexed = s.replace(b"\\x", b"")
-    if len(hexed) * 2 == len(s):  # every byte printed as \xHH (-xx): one pass
-        try:
-            return binascii.a2b_hex(hexed)
-        except (binascii.Error, ValueError):
-            pass
+    n = len(s)
+    if not n & 3 and s.count(b"\\x") * 4 == n:  # every byte printed as \xHH (-xx): C speed
+        hexed = s.translate(None, b"\\x")
+        if len(hexed) * 2 == n:  # so the only backslashes and x's were the \x's
+            try:
+                return binascii.a2b_hex(hexed)
+            except (binascii.Error, ValueError):
+                pass
     try:
         return codecs.escape_decode(s)[0]  # type: ignore[attr-defined, no-any-return]
     except (ValueError, UnicodeDecodeError) as exc:
@@ -122,15 +133,13 @@ def iov_strings(line: bytes, start: int, end: int) -> Tuple[bytes, bool, int]:
 
 def int_at(line: bytes, pos: int) -> Tuple[int, int]:
     """(value, index after) of a decimal integer at ``pos`` (``-`` allowed)."""
-    end = pos
-    n = len(line)
-    if end < n and line[end] == 45:  # '-'
-        end += 1
-    while end < n and 48 <= line[end] <= 57:
-        end += 1
-    if end == pos or (end == pos + 1 and line[pos] == 45):
+    m = _INT(line, pos)
+    if m is None:
         raise Syntax("a number was expected")
-    return int(line[pos:end]), end
+    return int(m.group()), m.end()
+
+
+_INT = re.compile(rb"-?\d+").match
 
 
 def decoration_end(line: bytes, pos: int) -> int:
