@@ -32,15 +32,15 @@ class Log:
         self.pid = pid
         self.t = 1_700_000_000.0
 
-    def add(self, text: str, pid: int = 0) -> "Log":
+    def add(self, text: str, pid: int = 0) -> Log:
         self.t += 0.00001
         self.lines.append(f"{pid or self.pid}  {self.t:.6f} {text}")
         return self
 
-    def read(self, fd, raw: bytes, pid: int = 0) -> "Log":
+    def read(self, fd, raw: bytes, pid: int = 0) -> Log:
         return self.add(f'read({fd}, "{hx(raw)}", 1052672) = {len(raw)}', pid)
 
-    def writev(self, fd, raw: bytes, pid: int = 0, ret: str = "") -> "Log":
+    def writev(self, fd, raw: bytes, pid: int = 0, ret: str = "") -> Log:
         iov = [raw[:16]] + ([raw[16:]] if len(raw) > 16 else [])
         parts = ", ".join(f'{{iov_base="{hx(b)}", iov_len={len(b)}}}' for b in iov)
         return self.add(f"writev({fd}, [{parts}], {len(iov)}) = {ret or len(raw)}", pid)
@@ -170,7 +170,8 @@ def test_requests_read_with_splice(tmp_path):
     status, objs, err = cli(tmp_path, log.text())
     assert status == 1
     reqs = {o["unique"]: o for o in objs if o["type"] == "request"}
-    assert reqs[4]["opcode"] == "GETATTR" and "missing" not in reqs[4] and reqs[4]["where"].startswith("line 5,")  # the splice that took it
+    assert reqs[4]["opcode"] == "GETATTR" and "missing" not in reqs[4]
+    assert reqs[4]["where"].startswith("line 5,")  # the splice that took it
     assert reqs[6]["opcode"] == "WRITE" and reqs[6]["len"] == len(write) and reqs[6]["missing"] == len(payload)
     assert reqs[6]["body"]["fuse_write_in"]["size"] == len(payload)
     assert f"unique 6 (WRITE): request of {len(write)} bytes read with splice(2): {len(payload)} bytes of its " \
@@ -212,7 +213,7 @@ def test_pipe_closed_with_a_request_unread_and_tee(tmp_path):
     log.add(f'vmsplice(9, [{{iov_base="{hx(rep[:16])}", iov_len=16}}], 1, 0) = -1 EBADF (Bad file descriptor)')
     log.add(f'vmsplice(13, [{{iov_base="{hx(rep[:16])}", iov_len=16}}], 1, 0) = 16')
     log.add(f'write(13, "{hx(rep[16:])}", 300) = 300')
-    log.add(f"pipe2([14, 15], 0) = 0").add(f"tee(12, 15, {len(rep)}, 0) = {len(rep)}")
+    log.add("pipe2([14, 15], 0) = 0").add(f"tee(12, 15, {len(rep)}, 0) = {len(rep)}")
     log.add(f"splice(14, NULL, 5, NULL, {len(rep)}, 0) = {len(rep)}")  # the tee'd copy goes to /dev/fuse
     events, problems, _ = decode(log.text())
     assert any("unique 4 (LOOKUP)" in p and "the pipe was closed before all of it was read out" in p

@@ -25,7 +25,7 @@ class OpStats:
     count: int = 0
     replies: int = 0
     errors: int = 0
-    latencies_us: "array[float]" = field(default_factory=lambda: array("d"))  # 8 bytes a reply, not 32
+    latencies_us: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply, not 32
 
     def summary(self) -> Dict[str, Any]:
         lat = sorted(self.latencies_us)  # type: ignore[type-var]
