@@ -338,6 +338,7 @@ def test_cut_message_gets_the_s_the_connection_needs(tmp_path):
 @pytest.mark.parametrize("line,what", [
     ('read(5, "\\x2x\\x00", 2) = 2', "read: bad escape in a string"),
     ('read(5, "\\x", 1) = 1', "read: bad escape in a string"),
+    ('read(5, "\\q", 1) = 1', "read: bad escape in a string"),
     ('writev(5, [{iov_base="\\x10\\x00', "cannot parse this system call line"),
     ('splice(5, NULL) = 80', "splice: splice needs 6 arguments"),
     ('dup2(5<\\x2f\\x64, 9) = 9', "dup2: an fd decoration without its closing '>'"),

@@ -127,7 +127,9 @@ class Summary:
 class _Conn:
     def __init__(self, info: Optional[Connection]) -> None:
         minor = info.minor if info is not None and info.minor is not None else C.FUSE_KERNEL_MINOR_VERSION
+        minor = min(max(minor, 0), C.FUSE_KERNEL_MINOR_VERSION)  # a newer protocol: its layouts start as ours
         flags = info.flags if info is not None and info.flags is not None else 0
+        flags &= (1 << 64) - 1
         self.conv = Conversation(Codec(minor, flags, strict=False))
         self.records: Dict[int, Record] = {}
         self.interrupts: OrderedDict[int, Tuple[Request, Record]] = OrderedDict()

@@ -75,6 +75,7 @@ _PAGE = 4096
 _DEFAULT_MAX_PAGES = 32  # FUSE_DEFAULT_MAX_PAGES_PER_REQ: without FUSE_MAX_PAGES
 _WRITE_HEADER = IN_HEADER_SIZE + FAST.fuse_write_in.size
 _HELD_LIMIT = 1000  # records held for an fd that is not yet known to be FUSE
+_MAX_RW = (1 << 63) - 1  # no system call returns more (ssize_t)
 
 
 def plausible_request(data: bytes) -> bool:
@@ -187,7 +188,11 @@ class _Reader:
             pid, tstext, start = prefix(line)
             ts: Optional[int] = None
             if tstext is not None:
-                ts, absolute = ts_ns(tstext)
+                try:
+                    ts, absolute = ts_ns(tstext)
+                except Syntax as exc:
+                    self.problem(f"{exc}; line skipped", lineno, line_off)
+                    continue
                 if not absolute:
                     rel_clock += ts
                     ts = rel_clock
@@ -225,6 +230,10 @@ class _Reader:
                 self.problem("cannot parse this system call line (cut off?); skipped")
                 continue
             a1, ret, err = call
+            if ret > _MAX_RW:
+                self.problem(f"{line[start:paren].decode(errors='replace')} returned {ret}, more than a system call "
+                             "can; skipped")
+                continue
             try:
                 handler(pid, line, paren + 1, a1, ret, err, start_ts, ts)
             except Syntax as exc:
@@ -607,7 +616,7 @@ class _Reader:
             segs = ent_in.take(size)
             data, held = known_prefix(segs)
             missing = size - len(data)
-            if ret == size and len(data) >= 4 and int.from_bytes(data[:4], "little") != size:
+            if ret == size < 1 << 32 and len(data) >= 4 and int.from_bytes(data[:4], "little") != size:
                 # libfuse fixes the header's len after the vmsplice (a short read of the
                 # payload); the kernel took the message only because len == the spliced count
                 data = size.to_bytes(4, "little") + data[4:]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
+import warnings
 from typing import List, Optional, Tuple
 
 _PREFIX = re.compile(rb"(?:\[pid +(\d+)\] +|(\d+) +)?(?:(\d+(?:[:.]\d+)+|\d{9,}) +)?")
@@ -33,22 +34,26 @@ class Syntax(ValueError):
 
 
 def ts_ns(text: bytes) -> Tuple[int, bool]:
-    """(nanoseconds, is_absolute) of a strace timestamp: 12:34:56[.ffffff], 1700000000.123456, or -r 0.000123."""
+    """(nanoseconds, is_absolute) of a strace timestamp: 12:34:56[.ffffff], 1700000000.123456, or -r 0.000123.
+
+    Raises ``Syntax`` for anything else that merely looks like one.
+    """
     dot = text.find(b".")
     if b":" not in text:
         if dot < 0:
             whole = int(text)
             return whole * 1_000_000_000, whole >= 100_000_000
+        frac = text[dot + 1:dot + 10]
+        if b"." in text[dot + 1:] or not frac:
+            raise Syntax(f"not a timestamp: {text[:40]!r}")
         whole = int(text[:dot])
-        frac = text[dot + 1:dot + 10]
         return whole * 1_000_000_000 + int(frac) * _SCALE[len(frac)], whole >= 100_000_000  # small: -r deltas
-    hms = text[:dot] if dot >= 0 else text
-    h, m, sec = (int(x) for x in hms.split(b":"))
-    ns = 0
-    if dot >= 0:
-        frac = text[dot + 1:dot + 10]
-        ns = int(frac) * _SCALE[len(frac)] if frac else 0
-    return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + ns, True
+    hms = (text[:dot] if dot >= 0 else text).split(b":")
+    frac = text[dot + 1:dot + 10] if dot >= 0 else b"0"
+    if len(hms) != 3 or not frac.isdigit() or b"." in text[dot + 1:]:
+        raise Syntax(f"not a timestamp: {text[:40]!r}")
+    h, m, sec = (int(x) for x in hms)
+    return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + int(frac) * _SCALE[len(frac)], True
 
 
 _SCALE = [10 ** (9 - i) for i in range(10)]
@@ -68,8 +73,10 @@ def unescape(s: bytes) -> bytes:
             except (binascii.Error, ValueError):
                 pass
     try:
-        return codecs.escape_decode(s)[0]  # type: ignore[attr-defined, no-any-return]
-    except (ValueError, UnicodeDecodeError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # "\\q": an escape strace never prints
+            return codecs.escape_decode(s)[0]  # type: ignore[attr-defined, no-any-return]
+    except (ValueError, UnicodeDecodeError, DeprecationWarning) as exc:
         raise Syntax(f"bad escape in a string: {exc}") from None
 
 
