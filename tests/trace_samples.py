@@ -226,12 +226,14 @@ class Finding(Exception):
 
 
 def check(fmt: str, data: bytes, *, forced: bool = True) -> Tuple[int, int]:
-    """Decode ``data`` both ways (``format`` given, and detected); returns (events, problems).
+    """Decode ``data`` with its format forced, and as detected if that differs; returns (events, problems).
 
     Raises ``Finding`` (with the original exception chained) if a promise is broken.
     """
     events = problems = 0
-    for format_ in ((fmt, None) if forced else (None,)):
+    detected = open_capture(data, format=None).format
+    modes = (fmt, None) if forced and detected != fmt else (None,) if not forced else (fmt,)
+    for format_ in modes:
         got: List[CaptureError] = []
 
         def report(err: CaptureError, got: List[CaptureError] = got) -> None:
