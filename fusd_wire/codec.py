@@ -503,15 +503,24 @@ class Conversation:
         if len(buf) >= OUT_HEADER_SIZE and _OUT_HEADER.unpack_from(buf)[2] == 0:
             return self.codec.decode_notify(buf), None
         unique = _OUT_HEADER.unpack_from(buf)[2] if len(buf) >= OUT_HEADER_SIZE else None
-        req = self.pending.pop(unique, None) if unique is not None else None
-        msg = self.codec.decode_from_daemon(buf, req)
-        if req is not None and isinstance(msg, Reply) and not msg.error:
-            if req.opcode == C.fuse_opcode.FUSE_INIT:
+        req = self.pending.get(unique) if unique is not None else None
+        if req is None:
+            return self.codec.decode_from_daemon(buf, None), None  # raises: a reply needs its request
+        return self.answer(buf, req), req
+
+    def answer(self, buf: Buffer, req: Request) -> Reply:
+        """Decode the reply to ``req`` (a pending request the caller found by unique), forget
+        the request, follow INIT.  The request is forgotten even when the reply is refused."""
+        self.pending.pop(req.unique, None)
+        msg = self.codec.decode_reply(buf, req)
+        if not msg.error:
+            op = req.opcode
+            if op == C.fuse_opcode.FUSE_INIT:
                 self.codec = self.codec.negotiated(msg.body.fuse_init_out)
-            elif req.opcode == C.fuse_opcode.CUSE_INIT:
+            elif op == C.fuse_opcode.CUSE_INIT:
                 out = msg.body.cuse_init_out
                 self.codec = Codec(min(out.minor, self.codec.minor), out.flags, strict=self.codec.strict)
-        return msg, req
+        return msg
 
 
 @functools.lru_cache(maxsize=1024)

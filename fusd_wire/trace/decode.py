@@ -371,10 +371,9 @@ class Decoder:
                 self._problem(rec, f"reply: unique {unique} answers no request in the capture")))
         req_rec = conn.records.pop(unique, None)
         try:
-            msg, _ = conn.conv.from_daemon(rec.data)
+            msg = conn.conv.answer(rec.data, req)
         except WireError as exc:
             self.summary.undecodable += 1
-            conn.conv.pending.pop(unique, None)
             return Event(REPLY, rec, Reply(header, req.opcode, cs.Container(data=rec.data[OUT_HEADER_SIZE:])),
                          req, req_rec, problem=self._problem(rec, f"reply to {req.name}: {exc}"))
         return Event(REPLY, rec, msg, req, req_rec)
