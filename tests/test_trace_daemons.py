@@ -165,7 +165,7 @@ def test_bindfs_libfuse2(tmp_path):
 
 def test_fuse_zip_libfuse2_reuses_the_fd_number(tmp_path):
     """fuse-zip writes its archive at unmount, to the fd number /dev/fuse had."""
-    _need("fuse-zip", "zip", "strace")
+    _need("fuse-zip", "zip", "unzip", "strace")
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     _tree(src)
     mnt.mkdir()
