@@ -4,12 +4,14 @@
 - ``recorder``: ``Recorder`` -- what the runtime calls per message (thread-safe, cheap).
 - ``records``: ``Record``/``Connection``, what every reader yields.
 - ``reader``: ``open_capture()`` -- format detection, pcapng records.
-- ``strace``: records from ``strace -f -xx`` logs of any FUSE daemon.
-- ``decode``: ``Decoder`` -- records to events, replies paired with requests, latency.
+- ``strace``: records from ``strace -f -xx`` logs of any FUSE daemon (``strace_syntax``:
+  the lines; ``strace_fds``: fds, pipes and the messages passing through them).
+- ``decode``: ``Decoder`` -- records to events, replies paired with requests, latency,
+  and ``finish()``'s ``Summary`` of what is missing.
 - ``render``/``stats``/``command``: the ``python -m fusd_wire decode`` command.
 """
 
-from .decode import Decoder, Event, decode_records
+from .decode import Decoder, Event, Summary, decode_records
 from .pcapng import INBOUND, LINKTYPE_FUSE, OUTBOUND, CaptureError
 from .reader import Capture, open_capture
 from .recorder import Recorder
@@ -17,5 +19,5 @@ from .records import Connection, Record
 
 __all__ = [
     "INBOUND", "LINKTYPE_FUSE", "OUTBOUND", "Capture", "CaptureError", "Connection", "Decoder", "Event", "Record",
-    "Recorder", "decode_records", "open_capture",
+    "Recorder", "Summary", "decode_records", "open_capture",
 ]

@@ -30,7 +30,7 @@ class Record:
         index: block number (pcapng) or line number (strace), for messages.
         offset: byte offset in the file where the record starts.
         where: ``"block"`` or ``"line"``: what ``index`` counts.
-        comment: the packet comment, if any (strace: the system call).
+        comment: the packet comment, if any (strace: ``= -1 ENOENT`` for a write that failed).
         missing: bytes of the message that are not in the capture (it is ``len(data) +
             missing`` long): a packet cut by a snap length, a string cut by ``strace -s``,
             a body that went through a pipe with ``splice(2)``.  0: complete.
