@@ -109,25 +109,9 @@ class Filter:
         return self.pids is None or h.pid in self.pids
 
 
-def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Optional[IO[str]] = None,
-               err: Optional[IO[str]] = None) -> int:
-    """The decode command; returns the exit status."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    problems: List[CaptureError] = []
-
-    def report(e: CaptureError) -> None:
-        problems.append(e)
-        print(f"{args.file}: {e}", file=err)
-
-    flt = Filter(args, parser)
-    try:
-        capture = open_capture(args.file, report, format=args.format)
-    except OSError as exc:
-        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=err)
-        return 2
-    decoder = Decoder(capture, report, bodies=not args.stats)  # counting needs headers only
-    stats = Stats() if args.stats else None
+def _show(decoder: Decoder, flt: Filter, stats: Optional[Stats], args: argparse.Namespace,
+          out: IO[str]) -> Optional[int]:
+    """Write (or count) the selected events; returns the first timestamp (the time origin)."""
     origin: Optional[int] = None
     held = {}  # --errors: (conn, unique) -> request event, shown only if its reply fails
     write = out.write
@@ -161,13 +145,42 @@ def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: O
                 write("\n".join(text_lines(e, limit=args.max_bytes, origin_ns=origin if args.time else None)) + "\n")
         if flt.errors and len(held) > 100_000:  # never-answered requests must not grow without bound
             held.clear()
+    return origin
+
+
+def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Optional[IO[str]] = None,
+               err: Optional[IO[str]] = None) -> int:
+    """The decode command; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    problems: List[CaptureError] = []
+
+    def report(e: CaptureError) -> None:
+        problems.append(e)
+        print(f"{args.file}: {e}", file=err)
+
+    flt = Filter(args, parser)
+    try:
+        capture = open_capture(args.file, report, format=args.format)
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=err)
+        return 2
+    decoder = Decoder(capture, report, bodies=not args.stats)  # counting needs headers only
+    stats = Stats() if args.stats else None
+    try:
+        origin = _show(decoder, flt, stats, args, out)
+    except BrokenPipeError:
+        raise  # the reader went away (| head): the caller ends quietly
+    except OSError as exc:  # the file went away or failed under us: not the capture's fault
+        print(f"{args.file}: read error: {exc.strerror or exc}", file=err)
+        return 2
     if stats is not None:
         if args.json:
             import json
             for row in stats.rows():
-                write(json.dumps(row) + "\n")
+                out.write(json.dumps(row) + "\n")
         else:
-            write(stats.table() + "\n")
+            out.write(stats.table() + "\n")
     summary = decoder.finish()  # reports the requests that never got a reply
     if (args.since is not None or args.until is not None) and origin is None:
         print(f"{args.file}: warning: the capture has no timestamps; --since/--until ignored", file=err)
