@@ -304,3 +304,28 @@ def test_damaged_messages_are_still_reported_with_headers_only(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "fuse_in_header.len is 44 but the message has 42 bytes" in err
     assert "fuse_out_header.len is 16 but the message has 18 bytes" in err
+
+
+@pytest.mark.parametrize("kind", ["pcapng", "strace"])
+def test_stdin_pipe_trickling_in(cap, tmp_path, kind):
+    """A pipe that delivers the first bytes slowly: detection waits for enough of them."""
+    import time
+    if kind == "strace":
+        def hx(raw):
+            return "".join(f"\\x{c:02x}" for c in raw)
+        data = "".join(f'700  read(5, "{hx(raw)}", 4096) = {len(raw)}\n' if d == INBOUND else
+                       f'700  write(5, "{hx(raw)}", {len(raw)}) = {len(raw)}\n'
+                       for d, raw, _ in conversation()).encode()
+    else:
+        data = cap.read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "fusd_wire", "decode", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdin.write(data[:2])
+    p.stdin.flush()
+    time.sleep(0.3)
+    p.stdin.write(data[2:])
+    p.stdin.close()
+    out, err = p.stdout.read(), p.stderr.read()
+    assert p.wait(timeout=60) == 0, err
+    assert out.startswith(b"unique: 2, opcode: INIT") and b"unique: 18, opcode: FORGET" in out

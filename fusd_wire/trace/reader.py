@@ -76,16 +76,13 @@ class Input:
                 return f.read(n)
         stream = self.stream
         assert stream is not None
-        peek = getattr(stream, "peek", None)
-        if peek is not None:
-            return bytes(peek(n)[:n])
         if stream.seekable():
             pos = stream.tell()
             data = stream.read(n)
             stream.seek(pos)
             return data
-        data = stream.read(n)
-        self.stream = _Prefixed(data, stream)  # type: ignore[assignment]
+        data = stream.read(n)  # a pipe: read what detection needs, and put it back in front
+        self.stream = io.BufferedReader(_Prefixed(data, stream), 1 << 16)  # type: ignore[assignment]
         return data
 
     def open(self) -> Union[bytes, BinaryIO]:
