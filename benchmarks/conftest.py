@@ -18,6 +18,7 @@ printed and stored in the JSON under ``fusd_ratios``.  Nothing asserts on time.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
@@ -87,15 +88,28 @@ def _ratios() -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def _ioctl_results() -> Dict[str, Dict[str, float]]:
+    mod = sys.modules.get("bench_ioctl")
+    return dict(getattr(mod, "IOCTL_RESULTS", {}) or {})
+
+
 def pytest_benchmark_update_json(config: Any, benchmarks: Any, output_json: Dict[str, Any]) -> None:
     output_json["fusd_ratios"] = _ratios()
+    output_json["fusd_ioctl"] = _ioctl_results()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    tr = terminalreporter
+    ioctls = _ioctl_results()
+    if ioctls:
+        tr.section("declared vs hand-written ioctls (daemon CPU per call, medians, same run)")
+        tr.write_line(f"{'comparison':40} {'declared µs':>12} {'by hand µs':>11} {'ratio':>7} {'target':>7}")
+        for name, r in ioctls.items():
+            tr.write_line(f"{name:40} {r['declared_us']:12.2f} {r['hand_us']:11.2f} {r['ratio']:6.2f}x "
+                          f"{r['target']:6.1f}x")
     ratios = _ratios()
     if not ratios:
         return
-    tr = terminalreporter
     tr.section("fusd vs kernel floor (medians, same run)")
     tr.write_line(f"{'op':10} {'fusd µs':>9} {'floor':>6} {'floor µs':>9} {'ratio':>8}")
     for op, r in ratios.items():

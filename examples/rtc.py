@@ -43,18 +43,17 @@ import time
 from collections import deque
 from typing import Any, Deque, List, Optional
 
-import construct as cs
-
 from fusd_runtime import POLLIN, POLLRDNORM, Context, Device, ReplyHandle, ioctl, open_server
-from fusd_runtime.ioctl import IO, IOR, IOW
+from fusd_runtime.ioctl import IO, IOR, IOW, CStruct, c
 
 log = logging.getLogger("fusd.examples.rtc")
 
-#: ``struct rtc_time``: nine ints, the fields of a ``struct tm`` (the kernel keeps its own copy)
-rtc_time = cs.Struct(*(name / cs.Int32sl for name in (
-    "tm_sec", "tm_min", "tm_hour", "tm_mday", "tm_mon", "tm_year", "tm_wday", "tm_yday", "tm_isdst")))
-#: ``struct rtc_wkalrm``: enabled, pending, then the (4-byte aligned) time
-rtc_wkalrm = cs.Struct("enabled" / cs.Int8ul, "pending" / cs.Int8ul, cs.Padding(2), "time" / rtc_time)
+#: ``struct rtc_time`` (linux/rtc.h): nine ints, the fields of a ``struct tm``
+rtc_time = CStruct(*(name / c.int for name in (
+    "tm_sec", "tm_min", "tm_hour", "tm_mday", "tm_mon", "tm_year", "tm_wday", "tm_yday", "tm_isdst")),
+    name="rtc_time")
+#: ``struct rtc_wkalrm``: enabled, pending, then the time (CStruct pads it to its 4-byte alignment)
+rtc_wkalrm = CStruct("enabled" / c.uchar, "pending" / c.uchar, "time" / rtc_time, name="rtc_wkalrm")
 
 RTC_AIE_ON, RTC_AIE_OFF = IO("p", 0x01), IO("p", 0x02)
 RTC_UIE_ON, RTC_UIE_OFF = IO("p", 0x03), IO("p", 0x04)
@@ -63,10 +62,10 @@ RTC_ALM_SET = IOW("p", 0x07, rtc_time.sizeof())
 RTC_ALM_READ = IOR("p", 0x08, rtc_time.sizeof())
 RTC_RD_TIME = IOR("p", 0x09, rtc_time.sizeof())
 RTC_SET_TIME = IOW("p", 0x0A, rtc_time.sizeof())
-RTC_IRQP_READ = IOR("p", 0x0B, 8)  # unsigned long
-RTC_IRQP_SET = IOW("p", 0x0C, 8)
-RTC_EPOCH_READ = IOR("p", 0x0D, 8)
-RTC_EPOCH_SET = IOW("p", 0x0E, 8)
+RTC_IRQP_READ = IOR("p", 0x0B, c.ulong.sizeof())
+RTC_IRQP_SET = IOW("p", 0x0C, c.ulong.sizeof())
+RTC_EPOCH_READ = IOR("p", 0x0D, c.ulong.sizeof())
+RTC_EPOCH_SET = IOW("p", 0x0E, c.ulong.sizeof())
 RTC_WKALM_SET = IOW("p", 0x0F, rtc_wkalrm.sizeof())
 RTC_WKALM_RD = IOR("p", 0x10, rtc_wkalrm.sizeof())
 
@@ -90,7 +89,7 @@ def from_rtc_time(tm: Any) -> int:
     year = tm.tm_year + 1900
     if not (1970 <= year <= 9999 and 0 <= tm.tm_mon < 12 and 0 <= tm.tm_hour < 24 and 0 <= tm.tm_min < 60
             and 0 <= tm.tm_sec < 60 and 1 <= tm.tm_mday <= calendar.monthrange(year, tm.tm_mon + 1)[1]):
-        raise OSError(errno.EINVAL, f"invalid rtc_time {dict((k, v) for k, v in tm.items() if k != '_io')}")
+        raise OSError(errno.EINVAL, f"invalid rtc_time {dict(tm)}")
     return calendar.timegm((year, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec))
 
 
@@ -269,18 +268,18 @@ class Rtc(Device):
             self._interrupts_changed(ctx)
         return 0
 
-    @ioctl(RTC_EPOCH_READ, cs.Int64ul)
+    @ioctl(RTC_EPOCH_READ, c.ulong)
     def epoch_read(self, ctx: Context, value: int) -> Any:
         return 0, self.epoch
 
-    @ioctl(RTC_EPOCH_SET)
-    def epoch_set(self, ctx: Context, value: None) -> int:
-        if ctx.ioctl_arg < 1900:  # the value is the argument itself
+    @ioctl(RTC_EPOCH_SET, None)  # a value argument: the epoch is the ioctl's argument itself
+    def epoch_set(self, ctx: Context, epoch: int) -> int:
+        if epoch < 1900:
             raise OSError(errno.EINVAL, "there were no RTCs before 1900")
-        self.epoch = ctx.ioctl_arg
+        self.epoch = epoch
         return 0
 
-    @ioctl(RTC_IRQP_READ, cs.Int64ul)
+    @ioctl(RTC_IRQP_READ, c.ulong)
     def irqp_read(self, ctx: Context, value: int) -> Any:
         return 0, self.irq_freq
 

@@ -41,8 +41,6 @@ import threading
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
 
-import construct as cs
-
 from fusd_runtime import (
     IN,
     OUT,
@@ -56,20 +54,22 @@ from fusd_runtime import (
     ioctl,
     open_server,
 )
-from fusd_runtime.ioctl import IOR, IOW
+from fusd_runtime.ioctl import IOR, IOW, CStruct, c
 
 # --- facts from asm-generic/termbits.h, asm-generic/ioctls.h ----------------------------------------
+_termios_fields = ("c_iflag" / c.uint, "c_oflag" / c.uint, "c_cflag" / c.uint, "c_lflag" / c.uint,
+                   "c_line" / c.uchar, "c_cc" / c.array(c.uchar, 19))
 #: struct termios as the kernel's TCGETS/TCSETS see it (not glibc's: 19 control characters, no speeds)
-kernel_termios = cs.Struct("c_iflag" / cs.Int32ul, "c_oflag" / cs.Int32ul, "c_cflag" / cs.Int32ul,
-                           "c_lflag" / cs.Int32ul, "c_line" / cs.Int8ul, "c_cc" / cs.Array(19, cs.Int8ul))
-#: struct termios2 (TCGETS2/TCSETS2): the same plus the speeds in bits per second (used with BOTHER)
-termios2 = cs.Struct(*kernel_termios.subcons, "c_ispeed" / cs.Int32ul, "c_ospeed" / cs.Int32ul)
-TCGETS2, TCSETS2, TCSETSW2, TCSETSF2 = (IOR("T", 0x2A, 44), IOW("T", 0x2B, 44), IOW("T", 0x2C, 44),
-                                        IOW("T", 0x2D, 44))
+kernel_termios = CStruct(*_termios_fields, name="termios")
+#: struct termios2 (TCGETS2/TCSETS2): the same plus the speeds in bits per second (used with BOTHER);
+#: CStruct puts c_ispeed at 36, after the padding that follows c_cc
+termios2 = CStruct(*_termios_fields, "c_ispeed" / c.uint, "c_ospeed" / c.uint, name="termios2")
+TCGETS2, TCSETS2, TCSETSW2, TCSETSF2 = (IOR("T", 0x2A, termios2.sizeof()), IOW("T", 0x2B, termios2.sizeof()),
+                                        IOW("T", 0x2C, termios2.sizeof()), IOW("T", 0x2D, termios2.sizeof()))
 TIOCSBRK, TIOCCBRK, TCSBRKP = 0x5427, 0x5428, 0x5425  # break on / off (no argument); timed break
 BOTHER = 0o010000
 TIOCM_DTR, TIOCM_RTS, TIOCM_CTS, TIOCM_CAR, TIOCM_RNG, TIOCM_DSR = 0x002, 0x004, 0x020, 0x040, 0x080, 0x100
-_int = cs.Int32sl
+_int = c.int
 
 #: B<rate> constant -> bits per second, for the rates termios knows
 BAUD_RATES: Dict[int, int] = {getattr(termios, f"B{rate}"): rate for rate in (
@@ -364,17 +364,17 @@ class HayesModem(Device):
         return self._set(t, flush=True)
 
     @ioctl(termios.TCFLSH)  # by value: TCIFLUSH, TCOFLUSH, TCIOFLUSH
-    def tcflsh(self, ctx: Context, _: None) -> int:
-        if ctx.ioctl_arg not in (termios.TCIFLUSH, termios.TCOFLUSH, termios.TCIOFLUSH):
+    def tcflsh(self, ctx: Context, queue: int) -> int:
+        if queue not in (termios.TCIFLUSH, termios.TCOFLUSH, termios.TCIOFLUSH):
             raise OSError(errno.EINVAL, "bad queue selector")
-        if ctx.ioctl_arg != termios.TCOFLUSH:
+        if queue != termios.TCOFLUSH:
             with self.lock:
                 self.rx.clear()
         return 0
 
     @ioctl(termios.TCSBRK)  # by value: 0 sends a break (tcsendbreak), anything else drains (tcdrain)
-    def tcsbrk(self, ctx: Context, _: None) -> int:
-        if ctx.ioctl_arg == 0:
+    def tcsbrk(self, ctx: Context, arg: int) -> int:
+        if arg == 0:
             self.breaks += 1
         return 0
 

@@ -440,7 +440,8 @@ def table(result: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     """``fusd bench`` / ``python -m fusd_runtime.bench``."""
     p = argparse.ArgumentParser(prog="fusd bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  fusd bench --quick --ops pread1,ioctl   (quick, rough numbers)\n")
     p.add_argument("--device", metavar="module:Class", help="your device class (default: the built-in PerfFile)")
     p.add_argument("--pin", choices=("same", "split", "none"), default="same",
                    help="client and server on one CPU (default), two CPUs, or unpinned")

@@ -1,10 +1,12 @@
 """The CUSE transport: each device is a real character device node, ``/dev/NAME``.
 
+    # doc: needs /dev/cuse
     from fusd_runtime.cuse import CuseServer
+    from fusd_runtime.examples import Hello
 
     with CuseServer() as server:            # root, and a kernel with CUSE
-        server.add(Hello(), "hello")        # -> /dev/hello, mode from the device
-        print(open(server.path("hello")).read())
+        server.add(Hello(), "fusd-hello")   # -> /dev/fusd-hello, mode from the device
+        print(open(server.path("fusd-hello")).read())
 
 One ``/dev/cuse`` connection serves one device (the kernel creates one node
 per connection), so a :class:`CuseServer` holds one :class:`CuseSession` per
@@ -31,6 +33,7 @@ Why the details are as they are:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -40,12 +43,15 @@ from typing import Any, Dict, List, Optional, Union
 from fusd_wire import Codec
 from fusd_wire import constants as C
 
-from .device import DEFER, Device, ReplyHandle
+from .checks import check_device
+from .device import Context, Device
 from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
-from .session import _OUT_HEADER, GONE, OP, Session, default_readers
+from .session import GONE, OP, Session, default_readers
+from .state import pack_out
+from .strand import strand_of
 
-_pack_out = _OUT_HEADER.pack
+log = logging.getLogger("fusd")
 
 CUSE_DEV = "/dev/cuse"
 #: the newest protocol minor we speak (the codec's); the kernel may be older (the test guest is 7.38)
@@ -89,7 +95,6 @@ class CuseSession(Session):
         self.dev_major, self.dev_minor = dev_major, dev_minor
         self.max_read = max_read
         self.kernel_minor = 0
-        self.ioctl_retries = 0  # FUSE_IOCTL_RETRY answers sent (observability; the tests count rounds)
         self.handlers[C.fuse_opcode.CUSE_INIT] = self._op_cuse_init
         if device.seekable:
             # the kernel sends offset 0 on CUSE (a stream): keep each open file's position here
@@ -102,14 +107,14 @@ class CuseSession(Session):
         return "/dev/" + self.devname
 
     # ------------------------------------------------------------------ CUSE_INIT
-    def _op_cuse_init(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
+    def _op_cuse_init(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
                       pid: int) -> None:
         codec = Codec(OUR_MINOR)
         init_in = codec.fast("cuse_init_in").decode(buf, 40)
         self.kernel_minor = init_in.minor
         if init_in.major != C.FUSE_KERNEL_VERSION or init_in.minor < 11:
             # cuse.c refuses anything but 7.11+; answering an error makes it drop the connection
-            self.send_error(fd, unique, errno.EPROTO)
+            self.send_error(chan, unique, errno.EPROTO)
             self.initialized.set()
             return
         minor = min(init_in.minor, OUR_MINOR)
@@ -124,51 +129,71 @@ class CuseSession(Session):
             "info": {"DEVNAME": self.devname},
         }, unique=unique)
         try:
-            self.writev(fd, [reply])  # the kernel registers the char device while handling this write
+            self.send(chan, [reply])  # the kernel registers the char device while handling this write
         finally:
             self.initialized.set()
 
     # ------------------------------------------------------------------ seekable devices
-    def _op_read_positioned(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
-                            pid: int) -> None:
+    def _op_read_positioned(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
+                            pid: int) -> Optional[List[Any]]:
         """READ for a seekable device: it sees the open file's position, which then advances.
 
-        A deferred answer does not move the position (positioned devices answer at once).
+        The kernel sends offset 0 on CUSE (a char device's position is the driver's),
+        so the position is kept per open file here; a deferred or async answer
+        advances it when it is sent (``send_result``).
         """
         fh, _, size, _, _, flags, _ = self._unpack_read_in(buf, 40)
-        ctx = self.enter(fd, unique, fh, pid, uid, gid, OP.FUSE_READ, size, flags)
-        if ctx is None:
-            return
-        pos = ctx.__dict__.get("cuse_pos", 0)
-        try:
-            result = ctx.device.read(ctx, size, pos)
-            if result is DEFER or result.__class__ is ReplyHandle:
-                return
-            data = bytes(result)[:size]
-        except BaseException as exc:
-            self._failed(fd, unique, exc, ctx, "read")
-            return
-        self.writev(fd, [_pack_out(16 + len(data), 0, unique), data])
-        ctx.__dict__["cuse_pos"] = pos + len(data)
+        return self._positioned(chan, buf, n, unique, nodeid, uid, gid, pid, fh, size, flags, None)
 
-    def _op_write_positioned(self, fd: int, buf: bytearray, unique: int, nodeid: int, uid: int, gid: int,
-                             pid: int) -> None:
+    def _op_write_positioned(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int,
+                             pid: int) -> Optional[List[Any]]:
         fh, _, size, _, _, flags, _ = self._unpack_write_in(buf, 40)
-        ctx = self.enter(fd, unique, fh, pid, uid, gid, OP.FUSE_WRITE, size, flags)
+        start = self._write_data
+        if start + size != n:
+            return self.bad_body(chan, unique, 16, f"fuse_write_in.size {size} but {n - start} payload bytes")
+        return self._positioned(chan, buf, n, unique, nodeid, uid, gid, pid, fh, size, flags, bytes(buf[start:n]))
+
+    def _positioned(self, chan: Any, buf: Any, n: int, unique: int, nodeid: int, uid: int, gid: int, pid: int,
+                    fh: int, size: int, flags: int, data: Optional[bytes]) -> Optional[List[Any]]:
+        ctx = self.files.get(fh)
         if ctx is None:
-            return
-        pos = ctx.__dict__.get("cuse_pos", 0)
-        start = 40 + self._write_in_size
+            return [pack_out(16, -errno.EBADF, unique)]
+        strand = ctx.strand
+        write = data is not None
+        if not strand.acquire(False):
+            return self.queued(strand, self._op_write_positioned if write else self._op_read_positioned,
+                               chan, buf, n, unique, nodeid, uid, gid, pid)
+        opcode = OP.FUSE_WRITE if write else OP.FUSE_READ
         try:
-            result = ctx.device.write(ctx, bytes(buf[start:start + size]), pos)
-        except BaseException as exc:
-            self._failed(fd, unique, exc, ctx, "write")
-            return
-        if result is DEFER or result.__class__ is ReplyHandle:
-            return
-        n = size if result is None else int(result)
-        self.writev(fd, [_pack_out(24, 0, unique), self._pack_write_out(n, 0)])
-        ctx.__dict__["cuse_pos"] = pos + n
+            ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = chan, unique, pid, uid, gid
+            ctx.nonblock = nonblock = bool(flags & os.O_NONBLOCK)
+            ctx.opcode, ctx.size = int(opcode), size
+            pos = ctx.__dict__.get("cuse_pos", 0)
+            result = ctx.device.write(ctx, data, pos) if write else ctx.device.read(ctx, size, pos)
+        except BaseException as exc:  # noqa: B036
+            strand.release()
+            self.failed_call(chan, unique, exc, ctx, "write" if write else "read")
+            if strand.backlog:
+                strand.drain()
+            return None
+        strand.release()
+        parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
+        return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
+
+    def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
+        """Answer; on a seekable device a READ/WRITE answer also moves the open file's position.
+
+        The position moves *before* the answer is written: the caller's next read may
+        reach another reader the moment it has its answer.
+        """
+        if self.device.seekable and opcode in (OP.FUSE_READ, OP.FUSE_WRITE):
+            if opcode == OP.FUSE_READ:
+                moved = min(len(result), size) if isinstance(result, (bytes, bytearray, memoryview)) else 0
+            else:
+                moved = size if result is None else (result if isinstance(result, int) and 0 <= result <= size
+                                                     else 0)
+            ctx.__dict__["cuse_pos"] = ctx.__dict__.get("cuse_pos", 0) + moved
+        super().send_result(chan, unique, opcode, result, size, ctx)
 
     # ------------------------------------------------------------------ the one device
     def device_for_open(self, nodeid: int) -> Device:
@@ -176,7 +201,7 @@ class CuseSession(Session):
             raise OSError(errno.ENODEV, "device was removed")
         return self.device
 
-    def call_ioctl(self, ctx: Any, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:
+    def call_ioctl(self, ctx: Any, flags: int, cmd: int, arg: int, data: bytes, out_size: int) -> Any:  # noqa: D102
         """Unrestricted ioctls: the FUSE_IOCTL_RETRY rounds, derived from the declaration.
 
         The first request of every ioctl carries no data.  A declared command's
@@ -191,13 +216,12 @@ class CuseSession(Session):
             retry = emulate_restricted(cmd, arg, data, out_size)
             if retry is None:
                 return ctx.device.ioctl(ctx, cmd, data, out_size)
-            self.ioctl_retries += 1
             return retry
-        if flags & _COMPAT and spec.arg.chases:
-            raise OSError(errno.EINVAL, "pointer arguments from 32-bit callers are not supported")
+        if flags & _COMPAT and spec.refuses_compat:
+            raise OSError(errno.EINVAL, "a 32-bit caller would lay this argument out differently (pointers, "
+                                        "long, 8-byte alignment): not served")
         plan = plan_unrestricted(spec, arg, data, out_size)
         if plan.retry is not None:
-            self.ioctl_retries += 1
             return plan.retry
         return self.finish_declared(ctx, spec, plan.value, out_size, unrestricted_encoder(plan))
 
@@ -221,28 +245,28 @@ class CuseServer(ServerBase):
 
     The same API as :class:`~fusd_runtime.server.Server` (add/remove/path/start/
     stop/serve_forever/``with``/call_soon_threadsafe/call_later); devices may be
-    added before or after ``start()``.  Callbacks of all devices of one server
-    run under one lock, as on FUSE.  Needs root and ``/dev/cuse``
-    (:func:`cuse_available`).
+    added before or after ``start()``.  The serving model is FUSE's: callbacks of
+    one device never run concurrently, different devices never wait for each
+    other.  Needs root and ``/dev/cuse`` (:func:`cuse_available`).
 
     Args:
         readers: reader threads per device (they share the device's /dev/cuse fd); default
             as on FUSE (``session.default_readers``).
         record: a path or a ``fusd_wire.trace`` Recorder: capture every message.
+        debug: log each request and its reply as served (``fusd.debug`` logger), as on FUSE.
         uid, gid: default owner of the nodes (default: the server's).
         node_timeout: seconds to wait for the kernel to create a node.
     """
 
     transport = "cuse"
 
-    def __init__(self, *, readers: Optional[int] = None, record: Any = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
-        super().__init__(record=record)
+    def __init__(self, *, readers: Optional[int] = None, record: Any = None, debug: bool = False,
+                 uid: Optional[int] = None, gid: Optional[int] = None, node_timeout: float = 10.0) -> None:
+        super().__init__(record=record, debug=debug)
         self.readers = default_readers() if readers is None else readers
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
         self.node_timeout = node_timeout
-        self.lock = threading.RLock()  # shared by every session: callbacks never run concurrently
         self._devices: Dict[str, Device] = {}
         self._attrs: Dict[str, Dict[str, int]] = {}
         self.sessions: Dict[str, CuseSession] = {}
@@ -255,12 +279,14 @@ class CuseServer(ServerBase):
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
         check_ioctls(device, self.transport)
+        check_device(device)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         self._devices[name] = device
         self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         device.name = name
+        self._prepare(device)
         if self._serving:
             try:
                 self._start_device(name)
@@ -279,11 +305,9 @@ class CuseServer(ServerBase):
         dev.session = None
         if session is None:
             return
-        if self.lock._is_owned():  # type: ignore[attr-defined]
-            # called from a callback: stopping needs the readers, which need this lock — finish in a thread
-            with self.lock:
-                session.detach_device(session.device)
-                session.device = GONE
+        if threading.current_thread() in session.threads:
+            # called from one of its own callbacks: the readers cannot be waited for here
+            strand_of(dev).run(self._detach, session)
             threading.Thread(target=self._stop_session, args=(session,), name="fusd-cuse-remove",
                              daemon=True).start()
         else:
@@ -313,8 +337,8 @@ class CuseServer(ServerBase):
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, f"{path} already exists; CUSE needs a free name", path)
         session = CuseSession(device, name, dev_major=attrs["major"], dev_minor=attrs["minor"],
-                              readers=self.readers, recorder=self.recorder, on_error=self._on_error)
-        session.lock = self.lock
+                              readers=self.readers, recorder=self.recorder, on_error=self._on_error,
+                              loop=self._loop, on_end=self._session_ended)
         self.sessions[name] = session
         device.session = session
         try:
@@ -330,16 +354,23 @@ class CuseServer(ServerBase):
             os.chmod(path, attrs["mode"])
             if (attrs["uid"], attrs["gid"]) != (0, 0):
                 os.chown(path, attrs["uid"], attrs["gid"])
+            log.info("fusd: serving %s (CUSE 7.%d, %s, %d reader%s)", path, session.minor, type(device).__name__,
+                     self.readers, "s"[:self.readers > 1])
         except BaseException:
             self.sessions.pop(name, None)
             device.session = None
             self._stop_session(session)
             raise
 
-    def _stop_session(self, session: CuseSession) -> None:
-        with self.lock:
+    @staticmethod
+    def _detach(session: CuseSession) -> None:
+        if session.device is not GONE:
             session.detach_device(session.device)
             session.device = GONE
+
+    def _stop_session(self, session: CuseSession) -> None:
+        log.info("fusd: stopping %s", session.path)
+        strand_of(session.device).run(self._detach, session)  # never alongside the device's callbacks
         session.stop_readers()
         session.close()
 
@@ -361,8 +392,8 @@ class CuseServer(ServerBase):
         if errors:
             raise errors[0]
 
-    def _callback_lock(self) -> Any:
-        return self.lock
+    def _sessions(self) -> List[Session]:
+        return list(self.sessions.values())
 
     def start(self) -> CuseServer:
         """Create the device nodes, start the readers and the event loop (background thread)."""
@@ -384,7 +415,7 @@ def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseSer
     if transport == "cuse" or (transport == "auto" and cuse_available()):
         if transport == "cuse" and not cuse_available():
             raise RuntimeError("CUSE is not available here: needs /dev/cuse (a kernel with CONFIG_CUSE) and root")
-        for key in ("mountpoint", "allow_other", "mount_method", "fsname"):
+        for key in ("mountpoint", "allow_other", "mount_method", "fsname", "mount_options"):
             kwargs.pop(key, None)
         return CuseServer(**kwargs)
     return Server(**kwargs)

@@ -119,8 +119,9 @@ def run(transport: str = "auto", mountpoint: Optional[str] = None, iterations: i
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="fusd demo", description=__doc__.splitlines()[0])
+    from .cli import ArgumentParser
+    p = ArgumentParser(prog="fusd demo", description=(__doc__ or "").splitlines()[0].replace("``", ""),
+                       epilog="example:\n  fusd demo --iterations 200     the demo with fewer latency samples\n")
     p.add_argument("--transport", choices=["auto", "fuse", "cuse"], default="auto",
                    help="auto: CUSE where /dev/cuse exists and we are root, else a FUSE directory")
     p.add_argument("--mountpoint", help="FUSE: serve in this directory (default: a temporary one)")

@@ -2,11 +2,20 @@
 
 FUSD programs registered a device with a table of callbacks and ran a loop::
 
-    def do_open(file):            return 0
-    def do_read(file, length, offset):
-        return b"hello\\n"           # or a negative errno, or -FUSD_NOREPLY
+    from fusd_runtime import fusd
+
+    def do_open(file):
+        file.private_data = b"hello\\n"     # what this open file has left to read
+        return 0
+
+    def do_read(file, length, offset):   # offset is 0: a device is a stream
+        data, file.private_data = file.private_data[:length], file.private_data[length:]
+        return data                       # b"": end of file; or -errno, or -FUSD_NOREPLY
+
     handle = fusd.register("hello", 0o666, {"open": do_open, "read": do_read})
-    fusd.run()
+    server = fusd.start()                 # fusd.run() serves until Ctrl-C instead
+    print(open(fusd.path(handle)).read(), end="")
+    server.stop()
 
 Callbacks get a *file* (FUSD's ``struct fusd_file_info``: ``device_info``,
 ``private_data``, ``flags``, ``pid``, ``uid``, ``gid``) and return what FUSD's did:

@@ -1,86 +1,90 @@
-"""The user-facing server: register devices, serve them, stop cleanly.
+"""The user-facing server: register devices, serve them, stop cleanly — sync or asyncio.
 
     from fusd_runtime import Server, Device
 
     class Hello(Device):
+        seekable = True                   # read() gets the file offset: it ends
         def read(self, ctx, size, offset):
-            return b"hello\\n"
+            return b"hello\\n"[offset:offset + size]
 
     with Server() as server:          # a temporary mount directory (FUSE)
         server.add(Hello(), "hello")
         print(open(server.path("hello")).read())
 
-``serve_forever()`` runs the event loop in the calling thread (SIGINT/SIGTERM
-stop it cleanly); ``start()``/``stop()`` (or ``with``) run it in the background.
-The loop is a ``selectors`` loop for the user's own fds, timers and
-``call_soon_threadsafe``; the devices are served by reader threads blocked on
-the kernel channel (see ``session.py``).  Every exit path unmounts.
+Three ways to run one:
+
+- ``with Server() as server:`` / ``start()`` ... ``stop()``: served in the
+  background (reader threads, and the event loop in a ``fusd-loop`` thread);
+- ``serve_forever()``: the event loop runs in the calling thread until ``stop()``,
+  SIGINT/SIGTERM, or the kernel ends the session (external ``umount``, an abort);
+- ``async with Server() as server:`` / ``await server.serve()``: inside a running
+  asyncio program, on *its* loop (``async def`` device callbacks then share it).
+
+The event loop is asyncio's (``loop.py``): the server's timers, ``call_soon``,
+the user's fds (``add_reader``) and waiting ``async def`` callbacks run there.
+The devices themselves are served by reader threads blocked on the kernel channel
+(``session.py``).  **The server's life follows the kernel's**: when the kernel ends
+the channel the server stops itself with one log line and ``serve_forever()``
+returns; a callback raising SystemExit/KeyboardInterrupt stops it too, and the
+exception surfaces from ``serve_forever()``, ``serve()`` or the ``with`` block.
+Every exit path unmounts — only the mount this server made.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import asyncio
+import functools
 import logging
 import os
-import selectors
 import shutil
 import signal
 import tempfile
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .aio import is_asyncio_device
+from .checks import check_device
 from .device import Device
 from .fusefs import FuseSession, node_path
 from .ioctl import check_ioctls
+from .loop import EventLoop, Timer
 from .mount import Mount
+from .reader import SUPERVISE_EVERY
 from .registry import Registry
-from .session import default_readers
+from .session import Session, default_readers
+from .strand import give_loop_strand, strand_of
 
 log = logging.getLogger("fusd")
 
-
-class TimerHandle:
-    """A pending ``call_later``; ``cancel()`` it if it should not run."""
-
-    __slots__ = ("when", "callback", "args", "cancelled")
-
-    def __init__(self, when: float, callback: Callable[..., Any], args: Tuple[Any, ...]) -> None:
-        self.when, self.callback, self.args, self.cancelled = when, callback, args, False
-
-    def cancel(self) -> None:
-        """Do not run the callback (no effect once it ran)."""
-        self.cancelled = True
+TimerHandle = Timer  # compatibility: what ``call_later`` returns
 
 
 class ServerBase:
-    """What every transport's server shares: the event loop, start/stop/serve_forever, ``with``.
+    """What every transport's server shares: the event loop, the lifecycle, ``with``/``async with``.
 
     A transport subclass provides ``_open_transport()`` (start serving the
     registered devices), ``_close_transport()`` (stop, leave nothing behind) and
-    ``_callback_lock()`` (the lock device callbacks run under).
+    ``_sessions()`` (the live sessions, for the supervisor).
     """
 
     transport = ""
 
-    def __init__(self, *, record: Any = None) -> None:
+    def __init__(self, *, record: Any = None, debug: bool = False) -> None:
         self._record = record
+        self.debug = debug
         self.recorder: Any = None
         self._serving = False
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._ready: List[Tuple[Callable[..., Any], Tuple[Any, ...]]] = []
-        self._ready_lock = threading.Lock()
-        self._timers: List[Tuple[float, int, TimerHandle]] = []
-        self._seq = itertools.count()
-        self._loop_thread: Optional[threading.Thread] = None
+        self._closed = False
+        self._loop = EventLoop()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
-        self._closed = False
-        self._unlocked: Tuple[Callable[..., Any], ...] = (self._selector.register, self._selector.unregister)
+        self._teardown_lock = threading.Lock()
+        self._stop_waiters: List[Tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._supervisor: Optional[Timer] = None
         self.errors: List[BaseException] = []
+        #: why the server stopped by itself (the kernel ended the session, a callback raised SystemExit...)
+        self.end_reason: Optional[str] = None
+        self._fatal: Optional[BaseException] = None
 
     # ------------------------------------------------------------------ transport hooks
     def _open_transport(self) -> None:
@@ -89,17 +93,27 @@ class ServerBase:
     def _close_transport(self) -> None:
         raise NotImplementedError
 
-    def _callback_lock(self) -> Any:
-        """The lock device callbacks run under (None: not serving)."""
-        return None
+    def _sessions(self) -> List[Session]:
+        return []
 
-    # ------------------------------------------------------------------ lifecycle
+    @property
+    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
+        """The asyncio loop the server runs on (None before it starts)."""
+        return self._loop.loop
+
+    @property
+    def stopped(self) -> bool:
+        """True once the server has stopped (``stop()``, a signal, or the kernel ended the session)."""
+        return self._stopped.is_set()
+
+    # ------------------------------------------------------------------ lifecycle: sync
     def start(self) -> ServerBase:
-        """Start serving and run the event loop in a background thread."""
+        """Start serving, with the event loop in a background ``fusd-loop`` thread."""
+        if self._closed:
+            raise RuntimeError("a stopped server cannot be started again")
+        if self._loop.loop is None:
+            self._loop.start_thread()
         self._start_serving()
-        if self._loop_thread is None:
-            self._loop_thread = threading.Thread(target=self._run_loop, name="fusd-loop", daemon=True)
-            self._loop_thread.start()
         return self
 
     def _start_serving(self) -> None:
@@ -110,139 +124,252 @@ class ServerBase:
         try:
             if self._record is not None and self.recorder is None:
                 self.recorder = _open_recorder(self._record)
+            if self.debug:  # a recorder-like sink: the sessions' hot path is the recording one
+                self.recorder = _debug_sink(self.recorder, owned=self._record is not self.recorder)
             self._open_transport()
             self._serving = True
         except BaseException:
             self._teardown()
             raise
+        self._loop.call_soon(self._supervise)
 
     def serve_forever(self, ready: Optional[Callable[[], Any]] = None) -> None:
-        """Serve until ``stop()``, SIGINT or SIGTERM; always cleans up before returning.
+        """Serve until ``stop()``, SIGINT/SIGTERM or the kernel ends the session; always cleans up.
 
-        ``ready()`` is called once the devices are being served.
+        ``ready()`` is called once the devices are being served.  Re-raises the
+        SystemExit/KeyboardInterrupt a device callback raised, after cleaning up.
         """
-        old: Dict[signal.Signals, Any] = {}
+        if self._loop.loop is not None:  # already started in the background: wait here
+            self._wait_with_signals(ready)
+        else:
+            loop = self._loop.new_owned()
+            try:
+                self._loop.run_owned(self._serve_here(ready))
+            finally:
+                loop.close()
+        self._raise_fatal()
+
+    async def _serve_here(self, ready: Optional[Callable[[], Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        handled: List[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, lambda *_: self.stop(wait=False))
+                loop.add_signal_handler(sig, self._stop_requested_by_signal, sig)
+                handled.append(sig)
         try:
             self._start_serving()
             if ready is not None:
                 ready()
-            self._run_loop()
+            await self._until_stop_requested()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            await loop.run_in_executor(None, self._teardown)
+
+    def _wait_with_signals(self, ready: Optional[Callable[[], Any]]) -> None:
+        old: Dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, lambda signum, _frame: self._stop_requested_by_signal(signum))
+        try:
+            self._start_serving()
+            if ready is not None:
+                ready()
+            while not self._stop_requested.wait(0.5):
+                pass
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             self.stop()
 
+    def _stop_requested_by_signal(self, signum: int) -> None:
+        log.info("fusd: %s received, stopping", signal.Signals(signum).name)
+        self._request_stop()
+
     def stop(self, wait: bool = True) -> None:
-        """Stop serving: fail pending calls, stop readers, remove the devices, close.  Idempotent."""
-        self._stop_requested.set()
-        self._wake()
+        """Stop serving: answer pending calls, stop readers, remove the devices, unmount.  Idempotent.
+
+        From the event loop's own thread (a timer, an async callback) the stop is
+        finished by a helper thread and this returns at once.
+        """
+        self._request_stop()
         if not wait:
             return
-        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
-            self._loop_thread.join(10)
+        if self._loop.in_loop_thread():
+            threading.Thread(target=self._teardown, name="fusd-stop", daemon=True).start()
+            return
         self._teardown()
 
-    def _teardown(self) -> None:
-        if self._closed:
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the server stopped (True), or ``timeout`` passed (False); re-raises a callback's SystemExit."""
+        done = self._stopped.wait(timeout)
+        if done:
+            self._raise_fatal()
+        return done
+
+    def _request_stop(self) -> None:
+        self._stop_requested.set()
+        for loop, fut in list(self._stop_waiters):
+            try:
+                loop.call_soon_threadsafe(_set_if_pending, fut)
+            except RuntimeError:
+                pass
+
+    async def _until_stop_requested(self) -> None:
+        if self._stop_requested.is_set():
             return
-        self._closed = True
-        self._serving = False
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        entry = (loop, fut)
+        self._stop_waiters.append(entry)
         try:
-            self._close_transport()
+            if not self._stop_requested.is_set():
+                await fut
         finally:
-            if self.recorder is not None and self._record is not self.recorder:
-                self.recorder.close()
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._selector.close()
-            self._stopped.set()
+            self._stop_waiters.remove(entry)
+
+    def _teardown(self) -> None:
+        with self._teardown_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._serving = False
+            self._stop_requested.set()
+            try:
+                if self._supervisor is not None:
+                    self._supervisor.cancel()
+                self._close_transport()
+            finally:
+                if self.recorder is not None and self._record is not self.recorder:
+                    self.recorder.close()
+                self._loop.stop()  # an owned loop in its own thread: stopped and closed
+                self._stopped.set()
+
+    def _raise_fatal(self) -> None:
+        exc, self._fatal = self._fatal, None
+        if exc is not None:
+            raise exc
 
     def __enter__(self) -> ServerBase:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if exc[0] is None:
+            self._raise_fatal()
+
+    # ------------------------------------------------------------------ lifecycle: asyncio
+    async def serve(self, ready: Optional[Callable[[], Any]] = None) -> None:
+        """Serve on the running asyncio loop until ``stop()`` or the kernel ends the session.
+
+        Cancelling the task stops the server.  Re-raises a callback's SystemExit.
+        """
+        await self.__aenter__()
+        try:
+            if ready is not None:
+                ready()
+            await self._until_stop_requested()
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        self._raise_fatal()
+
+    async def __aenter__(self) -> ServerBase:
+        if self._closed:
+            raise RuntimeError("a stopped server cannot be started again")
+        loop = asyncio.get_running_loop()
+        if self._loop.loop is None:
+            self._loop.adopt(loop)
+        elif self._loop.loop is not loop:
+            raise RuntimeError("this server already runs on another event loop")
+        await loop.run_in_executor(None, self._start_serving)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        if exc[0] is None:
+            self._raise_fatal()
+
+    # ------------------------------------------------------------------ the kernel's side ends
+    def _session_ended(self, session: Session, reason: str, exc: Optional[BaseException]) -> None:
+        """A session's channel ended, or a callback raised SystemExit (any thread, once per session)."""
+        if exc is not None and self._fatal is None:
+            self._fatal = exc
+        if self._stop_requested.is_set():
+            return
+        self.end_reason = reason
+        if exc is None:
+            log.warning("fusd: stopping: %s", reason)
+        self._request_stop()
+        # Whoever waits (serve_forever, serve) cleans up too; a background server (start(), with)
+        # has nobody waiting: clean up now, from a thread of our own (this may be a reader).
+        threading.Thread(target=self._teardown, name="fusd-stop", daemon=True).start()
 
     def _on_error(self, exc: BaseException) -> None:
         self.errors.append(exc)
         log.error("fusd: channel error: %s", exc)
 
-    # ------------------------------------------------------------------ event loop
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` in the loop thread, under the device callback lock."""
-        with self._ready_lock:
-            self._ready.append((callback, args))
-        self._wake()
+    def _supervise(self) -> None:
+        """Every SUPERVISE_EVERY s on the loop: keep a reader in the kernel (reader.py)."""
+        if self._stop_requested.is_set():
+            return
+        for session in self._sessions():
+            try:
+                session.supervise()
+            except Exception:  # never let housekeeping kill the loop
+                log.exception("fusd: reader supervisor failed")
+        self._supervisor = self._loop.call_later(SUPERVISE_EVERY, self._supervise)
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run ``callback(*args)`` after ``delay`` seconds in the loop thread (callback lock held)."""
-        handle = TimerHandle(time.monotonic() + delay, callback, args)
-        with self._ready_lock:
-            heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
-        self._wake()
-        return handle
+    # ------------------------------------------------------------------ event loop services
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the server's loop, from any thread.
+
+        A bound method of a registered device runs as that device's code (never
+        alongside its callbacks, like ``device.call_soon``).
+        """
+        self._loop.call_soon(*self._as_device_code(callback, args))
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` on the loop after ``delay`` seconds (a device's method: as its code)."""
+        return self._loop.call_later(delay, *self._as_device_code(callback, args))
+
+    def _as_device_code(self, callback: Callable[..., Any], args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, Device) and owner.session is not None:
+            return (owner.session.run_device_code, owner, callback, args)
+        return (callback, *args)
 
     def add_reader(self, fd: int, callback: Callable[[], Any]) -> None:
-        """Call ``callback()`` in the loop thread whenever ``fd`` is readable."""
-        self.call_soon_threadsafe(self._selector.register, fd, selectors.EVENT_READ, callback)
+        """Call ``callback()`` on the loop whenever ``fd`` is readable (asyncio ``add_reader``)."""
+        loop = self._require_loop()
+        self._loop.call_soon(loop.add_reader, fd, *self._as_device_code(callback, ()))
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd`` (undo ``add_reader``)."""
-        self.call_soon_threadsafe(self._selector.unregister, fd)
+        loop = self._require_loop()
+        self._loop.call_soon(loop.remove_reader, fd)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:
-            pass
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop.loop
+        if loop is None:
+            raise RuntimeError("the server is not started: its event loop does not exist yet")
+        return loop
 
-    def _run_loop(self) -> None:
-        while not self._stop_requested.is_set():
-            timeout: Optional[float] = None
-            with self._ready_lock:
-                if self._ready:
-                    timeout = 0
-                elif self._timers:
-                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            try:
-                events = self._selector.select(timeout)
-            except (OSError, ValueError):
-                break
-            for key, _ in events:
-                if key.data is None:
-                    try:
-                        while os.read(self._wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._run_callback(key.data)
-            now = time.monotonic()
-            with self._ready_lock:
-                ready, self._ready = self._ready, []
-                while self._timers and self._timers[0][0] <= now:
-                    handle = heapq.heappop(self._timers)[2]
-                    if not handle.cancelled:
-                        ready.append((handle.callback, handle.args))
-            for callback, args in ready:
-                self._run_callback(callback, *args)
+    def _prepare(self, device: Device) -> None:
+        """Per-device set-up at ``add()``: its strand, made once before any request can reach it.
 
-    def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
-        lock = self._callback_lock()
-        try:
-            if lock is not None and callback not in self._unlocked:
-                with lock:
-                    callback(*args)
-            else:
-                callback(*args)
-        except Exception:
-            log.exception("fusd: loop callback %r raised", callback)
+        A device with ``async def`` callbacks (or ``uses_asyncio = True``) gets the event
+        loop as its strand (``strand.LoopStrand``): all its code runs where asyncio
+        code may run.
+        """
+        if is_asyncio_device(device):
+            give_loop_strand(device, self._loop)
+        else:
+            strand_of(device)
+
+
+def _set_if_pending(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Server(ServerBase):
@@ -257,15 +384,21 @@ class Server(ServerBase):
         allow_other: let other users use the devices (default: when root).
         mount_method: "auto" (mount(2) as root, fusermount3 otherwise), "mount", "fusermount".
         record: a path or a ``fusd_wire.trace`` Recorder: write every message to a pcapng capture.
+        debug: log each request and its reply as served, libfuse ``-d`` style, on the
+            ``fusd.debug`` logger (see ``docs/traces.md``); no cost when False.
         uid, gid: default owner of device files (default: the server's).
+        mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
+            (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
     """
 
     transport = "fuse"
 
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
-                 uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd") -> None:
-        super().__init__(record=record)
+                 debug: bool = False, uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
+                 mount_options: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(record=record, debug=debug)
+        self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
         self.readers = default_readers() if readers is None else readers
@@ -277,7 +410,6 @@ class Server(ServerBase):
         self.registry = Registry(self.uid, self.gid)
         self.mount: Optional[Mount] = None
         self.session: Optional[FuseSession] = None
-        self._unlocked += (self._invalidate,)
 
     # ------------------------------------------------------------------ devices
     def add(self, device: Device, name: Optional[str] = None, *, mode: Optional[int] = None,
@@ -288,8 +420,11 @@ class Server(ServerBase):
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         check_ioctls(device, self.transport)
+        check_device(device)
         self.registry.add(name, device, mode, uid, gid)
         device.name = name
+        log.info("fusd: device %s added (%s, mode %o)", name, type(device).__name__, mode)
+        self._prepare(device)
         device.session = self.session
         return device
 
@@ -301,14 +436,27 @@ class Server(ServerBase):
             raise KeyError(f"no such device: {device!r}")
         dev = node.device
         removed = self.registry.remove(node.path)
+        log.info("fusd: device %s removed", node.path)
         session = self.session
         if session is not None:
-            with session.lock:
-                session.detach_device(dev)
+            strand_of(dev).run(session.detach_device, dev)  # never alongside the device's callbacks
             notes = [(n.parent.nodeid, n.name) for n in removed if n.parent is not None]
-            # Notifications may wait for the kernel's directory locks: never send them under our lock.
-            self.call_soon_threadsafe(self._invalidate, notes)
+            # Notifications may wait for the kernel's directory locks: never from a reader or a callback.
+            self._loop.call_soon(self._invalidate, notes)
         dev.session = None
+
+    def abort(self) -> None:
+        """Abort the kernel connection (fusectl ``abort``): every waiting client fails at once; the server stops.
+
+        What an operator does with ``fusd abort MOUNTPOINT`` (or ``echo 1 >
+        /sys/fs/fuse/connections/N/abort``) to free clients stuck on a server that
+        stopped answering.  The readers then see the connection end, and the server
+        stops and unmounts like after an external unmount.
+        """
+        mount = self.mount
+        if mount is None:
+            raise RuntimeError("the server is not started")
+        mount.abort()
 
     def _invalidate(self, notes: List[Tuple[int, str]]) -> None:
         if self.session is not None:
@@ -336,24 +484,26 @@ class Server(ServerBase):
     def __enter__(self) -> Server:
         return self.start()
 
-    def _callback_lock(self) -> Any:
-        session = self.session
-        return session.lock if session is not None else None
+    def _sessions(self) -> List[Session]:
+        return [self.session] if self.session is not None else []
 
     def _open_transport(self) -> None:
         if self.mountpoint is None:
             self.mountpoint = tempfile.mkdtemp(prefix="fusd-")
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
-                           method=self.mount_method)
+                           method=self.mount_method, **self.mount_options)
         self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
-                                   recorder=self.recorder, on_error=self._on_error)
+                                   recorder=self.recorder, on_error=self._on_error, loop=self._loop,
+                                   on_end=self._session_ended)
         for node in self.registry.devices():
             if node.device is not None:
                 node.device.session = self.session
         self.session.start_readers()
         if not self.session.initialized.wait(10):
             raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+        log.info("fusd: serving %s (FUSE 7.%d, flags %#x, %d reader%s, %s)", self.mountpoint, self.session.minor,
+                 self.session.init_flags, self.readers, "s"[:self.readers > 1], self.mount.method)
 
     def _close_transport(self) -> None:
         session, self.session = self.session, None
@@ -375,6 +525,27 @@ class Server(ServerBase):
                         os.rmdir(self.mountpoint)
                     except OSError:
                         shutil.rmtree(self.mountpoint, ignore_errors=True)
+                log.info("fusd: stopped serving %s", self.mountpoint)
+
+
+def _debug_sink(recorder: Any, owned: bool) -> Any:
+    """The ``debug=True`` sink: every message decoded onto the ``fusd.debug`` logger at DEBUG.
+
+    Like libfuse's ``-d`` it prints without further set-up: when nothing configured the
+    logger, it gets level DEBUG and a stderr handler.  Configure ``fusd.debug`` yourself to
+    send the lines elsewhere; the level is checked per message, so raising it while serving
+    stops the decoding too.
+    """
+    from fusd_wire.trace.live import DebugSink  # only when debugging is asked for
+    dlog = logging.getLogger("fusd.debug")
+    if dlog.level == logging.NOTSET:
+        dlog.setLevel(logging.DEBUG)
+    if not dlog.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        dlog.addHandler(handler)
+    return DebugSink(functools.partial(dlog.debug, "%s"), recorder, close_inner=owned,
+                     enabled=functools.partial(dlog.isEnabledFor, logging.DEBUG))
 
 
 def _open_recorder(target: Any) -> Any:

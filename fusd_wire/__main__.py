@@ -2,8 +2,11 @@
 
 Commands:
     decode FILE     decode a capture (our pcapng, or an strace log of any FUSE daemon)
-    tap -o CAP MNT -- DAEMON ARGS   record a libfuse 3 daemon's traffic live (root)
-    replay FILE --device mod:Class  play a recording to a device, diff its replies with the captured ones
+    tap -o CAP MNT -- DAEMON ARGS   record a libfuse 2/3 daemon's traffic live (root)
+    wireshark [-o FILE | --install] the Wireshark dissector (Lua) for our captures, generated from the opcode table
+
+``replay`` moved to the runtime (it runs a device): ``fusd replay FILE --device mod:Class``
+(``python -m fusd_runtime replay``); ``python -m fusd_wire replay`` says so and exits 2.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import os
 import sys
 from typing import List, Optional
 
+DECODE_EXAMPLE = """example:
+  fusd serve --record /tmp/s.pcapng -f fusd_runtime.examples:Hello /tmp/devs   (cat /tmp/devs/hello, Ctrl-C)
+  python -m fusd_wire decode /tmp/s.pcapng --stats      per-opcode counts and latencies
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace.command import add_decode_arguments
-    from .trace.replay import add_replay_arguments
     from .trace.strace import RECOMMENDED
 
     parser = argparse.ArgumentParser(prog="python -m fusd_wire", description="FUSE/CUSE wire protocol tools")
@@ -26,26 +33,42 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Decode a FUSE capture: our pcapng, or the strace log of any FUSE daemon "
                                      "(docs/traces.md). Exit 0: decoded cleanly, nothing missing; 1: problems or "
                                      "losses, each reported on stderr with its block/line; 2: usage or read error.",
-                         epilog=f"strace command: {RECOMMENDED}",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=DECODE_EXAMPLE + f"  {RECOMMENDED}\n  python -m fusd_wire decode daemon.strace\n")
     add_decode_arguments(dec)
     dec.set_defaults(run=_decode, parser_=dec)
-    tap = sub.add_parser("tap", help="mount, run an unmodified libfuse 3 daemon behind a relay, record its traffic",
-                         description="Root only. Opens /dev/fuse, mounts it on MOUNTPOINT and starts DAEMON ARGS "
-                                     "with /dev/fd/N (a SOCK_SEQPACKET socket we relay) as its mountpoint: "
-                                     "write {fd} where N goes, or it is appended.")
+    tap = sub.add_parser("tap", help="run an unmodified FUSE daemon behind a recording relay (root)",
+                         description="Root only. Starts DAEMON ARGS (its own command line, naming MOUNTPOINT) "
+                                     "and, when its libfuse (2 or 3) mounts through fusermount, mounts "
+                                     "/dev/fuse on MOUNTPOINT with the daemon's options and gives it a "
+                                     "SOCK_SEQPACKET socket we relay and record. An argument containing {fd} "
+                                     "instead gets /dev/fd/N (libfuse 3's fd mountpoint; the tap mounts first). "
+                                     "Spliced replies are reassembled; anything that cannot be one message "
+                                     "stops the session with exit status 1. Example: python -m fusd_wire tap "
+                                     "-o cap.pcapng /mnt/b -- bindfs -f /srv /mnt/b",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tap.add_argument("-o", "--output", required=True, help="capture file to write (pcapng)")
     tap.add_argument("mountpoint")
     tap.add_argument("daemon", nargs=argparse.REMAINDER, help="-- DAEMON ARGS...")
     tap.set_defaults(run=_tap, parser_=tap)
-    rep = sub.add_parser("replay", help="play a capture's requests to a device class and diff its replies",
-                         description="Feed the kernel's requests of one recorded connection to a fresh instance "
-                                     "of a device class, served by the real fusd runtime on a socketpair, and "
-                                     "compare its replies with the captured ones. Exit 0: all the same; 1: "
-                                     "differences or missing replies; 2: cannot replay.")
-    add_replay_arguments(rep)
+    rep = sub.add_parser("replay", help="moved: use `fusd replay` (python -m fusd_runtime replay)", add_help=False)
+    rep.add_argument("rest", nargs=argparse.REMAINDER)
     rep.set_defaults(run=_replay, parser_=rep)
+    ws = sub.add_parser("wireshark", help="print the Wireshark dissector (Lua) for our pcapng captures",
+                        description="Generate the FUSE/CUSE dissector from the opcode table. Example: "
+                                    "python -m fusd_wire wireshark > ~/.local/lib/wireshark/plugins/fuse.lua, "
+                                    "or tshark -X lua_script:fuse.lua -r capture.pcapng -V")
+    out = ws.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", help="write the dissector to this file instead of stdout")
+    out.add_argument("--install", action="store_true",
+                     help="write it to Wireshark's personal plugin folder, ~/.local/lib/wireshark/plugins/fuse.lua")
+    ws.set_defaults(run=_wireshark, parser_=ws)
     return parser
+
+
+def _wireshark(args: argparse.Namespace) -> int:
+    from .trace.wireshark import run_wireshark
+    return run_wireshark(args.output, args.install)
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -53,9 +76,14 @@ def _decode(args: argparse.Namespace) -> int:
     return run_decode(args, args.parser_)
 
 
+#: ``replay`` runs a device, so it lives in the runtime; fusd_wire imports nothing of it.
+REPLAY_MOVED = ("python -m fusd_wire replay: replay moved to the runtime, which serves the device it plays to:\n"
+                "    fusd replay {args}\n(or python -m fusd_runtime replay ...; see docs/traces.md, \"Replay\")")
+
+
 def _replay(args: argparse.Namespace) -> int:
-    from .trace.replay import run_replay
-    return run_replay(args, args.parser_)
+    print(REPLAY_MOVED.format(args=" ".join(args.rest) or "FILE --device module:Class"), file=sys.stderr)
+    return 2
 
 
 def _tap(args: argparse.Namespace) -> int:

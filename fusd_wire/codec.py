@@ -5,8 +5,13 @@ it validates everything and is what traces, tests and tools use.  The runtime's
 hot path does not call it per request; it uses ``fastpath.FAST`` and
 ``Codec.fast()`` instead.
 
-    codec = Codec(minor=45, flags=...)           # the negotiated protocol
-    req = codec.decode_request(raw)              # what the kernel sent
+    from fusd_wire import Codec, Conversation, constants as C
+
+    codec = Codec(minor=45)                      # the negotiated protocol (and flags=)
+    raw = codec.encode_request(C.fuse_opcode.FUSE_READ, {"fuse_read_in": {
+        "fh": 1, "offset": 0, "size": 4096, "read_flags": 0, "lock_owner": 0, "flags": 0, "padding": 0}},
+        unique=10, nodeid=2)                     # what the kernel would send
+    req = codec.decode_request(raw)
     raw = codec.encode_reply(req, {"data": b"hi"})
     rep = codec.decode_reply(raw, req)           # replies need their request
     conv = Conversation()                        # pairs by unique, follows INIT

@@ -10,8 +10,9 @@ both paths agree byte for byte on every struct.
 Use on the hot path::
 
     from fusd_wire.fastpath import FAST
+    buf, data, unique = bytearray(80), b"hi", 10                    # a READ request, its answer
     fh, offset, size, *_ = FAST.fuse_read_in.unpack_from(buf, 40)   # a plain tuple
-    FAST.fuse_out_header.pack(16 + len(data), 0, unique)
+    header = FAST.fuse_out_header.pack(16 + len(data), 0, unique)
 
 ``unpack_from``/``pack`` work on the *flat* field list (nested structs and arrays
 spread out in order); ``decode``/``encode`` give and take records with the

@@ -62,8 +62,19 @@ def _getxattr_size_query(ctx) -> bool:
     return fixed is None or fixed["size"] == 0  # no decoded request (a trace lost it): the size form
 
 
+def _getxattr_value(ctx) -> bool:
+    """The other form: a GETXATTR/LISTXATTR with a nonzero size gets the value (or names) itself."""
+    return not _getxattr_size_query(ctx)
+
+
 def _ioctl_retry(ctx) -> bool:
+    """An IOCTL reply with FUSE_IOCTL_RETRY carries iovecs (unrestricted ioctls), not data."""
     return bool(ctx.parts["fuse_ioctl_out"]["flags"] & C.IoctlFlags.FUSE_IOCTL_RETRY)
+
+
+def _ioctl_done(ctx) -> bool:
+    """An IOCTL reply without FUSE_IOCTL_RETRY carries the output data."""
+    return not _ioctl_retry(ctx)
 
 
 def _legacy_secctx(ctx) -> bool:
@@ -105,11 +116,9 @@ OPS: Dict[int, OpSpec] = {spec.opcode: spec for spec in (
     _op(O.FUSE_SETXATTR, (Struct("fuse_setxattr_in"), Name("name"), Data("value", length=("fuse_setxattr_in", "size"))),
         _EMPTY),
     _op(O.FUSE_GETXATTR, (Struct("fuse_getxattr_in"), Name("name")),
-        (Struct("fuse_getxattr_out", when=_getxattr_size_query),
-         Data("value", when=lambda ctx: not _getxattr_size_query(ctx)))),
+        (Struct("fuse_getxattr_out", when=_getxattr_size_query), Data("value", when=_getxattr_value))),
     _op(O.FUSE_LISTXATTR, (Struct("fuse_getxattr_in"),),
-        (Struct("fuse_getxattr_out", when=_getxattr_size_query),
-         Data("names", when=lambda ctx: not _getxattr_size_query(ctx)))),
+        (Struct("fuse_getxattr_out", when=_getxattr_size_query), Data("names", when=_getxattr_value))),
     _op(O.FUSE_REMOVEXATTR, (Name("name"),), _EMPTY),
     _op(O.FUSE_FLUSH, (Struct("fuse_flush_in"),), _EMPTY, cuse=True),
     _op(O.FUSE_INIT, (Struct("fuse_init_in"),), (Struct("fuse_init_out"),)),
@@ -128,17 +137,16 @@ OPS: Dict[int, OpSpec] = {spec.opcode: spec for spec in (
     _op(O.FUSE_DESTROY, _EMPTY, _EMPTY),
     _op(O.FUSE_IOCTL, (Struct("fuse_ioctl_in"), Data("data", length=("fuse_ioctl_in", "in_size"))),
         (Struct("fuse_ioctl_out"),
-         Array("in_iov", "fuse_ioctl_iovec", lambda ctx: ctx.parts["fuse_ioctl_out"]["in_iovs"], when=_ioctl_retry),
-         Array("out_iov", "fuse_ioctl_iovec", lambda ctx: ctx.parts["fuse_ioctl_out"]["out_iovs"],
-               when=_ioctl_retry),
-         Data("data", when=lambda ctx: not _ioctl_retry(ctx))), since=11, cuse=True),
+         Array("in_iov", "fuse_ioctl_iovec", ("fuse_ioctl_out", "in_iovs"), when=_ioctl_retry),
+         Array("out_iov", "fuse_ioctl_iovec", ("fuse_ioctl_out", "out_iovs"), when=_ioctl_retry),
+         Data("data", when=_ioctl_done)), since=11, cuse=True),
     _op(O.FUSE_POLL, (Struct("fuse_poll_in"),), (Struct("fuse_poll_out"),), since=11, cuse=True),
     _op(O.FUSE_NOTIFY_REPLY,
         (Struct("fuse_notify_retrieve_in"), Data("data", length=("fuse_notify_retrieve_in", "size"))),
         None, since=15),
     _op(O.FUSE_BATCH_FORGET,
         (Struct("fuse_batch_forget_in"),
-         Array("forgets", "fuse_forget_one", lambda ctx: ctx.parts["fuse_batch_forget_in"]["count"])),
+         Array("forgets", "fuse_forget_one", ("fuse_batch_forget_in", "count"))),
         None, since=16),
     _op(O.FUSE_FALLOCATE, (Struct("fuse_fallocate_in"),), _EMPTY, since=19),
     _op(O.FUSE_READDIRPLUS, (Struct("fuse_read_in"),), (Dirents("dirents", plus=True),), since=21),
@@ -148,7 +156,7 @@ OPS: Dict[int, OpSpec] = {spec.opcode: spec for spec in (
     _op(O.FUSE_SETUPMAPPING, (Struct("fuse_setupmapping_in"),), _EMPTY, since=31),
     _op(O.FUSE_REMOVEMAPPING,
         (Struct("fuse_removemapping_in"),
-         Array("mappings", "fuse_removemapping_one", lambda ctx: ctx.parts["fuse_removemapping_in"]["count"])),
+         Array("mappings", "fuse_removemapping_one", ("fuse_removemapping_in", "count"))),
         _EMPTY, since=31),
     _op(O.FUSE_SYNCFS, (Struct("fuse_syncfs_in"),), _EMPTY, since=34),
     _op(O.FUSE_TMPFILE, (Struct("fuse_create_in"), Name("name"), _SECCTX),
@@ -180,7 +188,7 @@ NOTIFICATIONS: Dict[int, NotifySpec] = {spec.code: spec for spec in (
     _notify(N.FUSE_NOTIFY_INC_EPOCH, (), since=44),
     _notify(N.FUSE_NOTIFY_PRUNE,
             (Struct("fuse_notify_prune_out"),
-             Array("nodeids", "uint64_t", lambda ctx: ctx.parts["fuse_notify_prune_out"]["count"])), since=45),
+             Array("nodeids", "uint64_t", ("fuse_notify_prune_out", "count"))), since=45),
 )}
 
 #: Opcodes the CUSE kernel sends on /dev/cuse (cuse.c's file operations).

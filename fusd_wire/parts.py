@@ -153,12 +153,20 @@ class Data(Part):
 
 
 class Array(Part):
-    """``count(ctx)`` kernel structs in a row (forget lists, iovecs, prune node ids)."""
+    """Kernel structs in a row (forget lists, iovecs, prune node ids), counted by a struct field.
 
-    def __init__(self, name: str, element: str, count: CtxFn, when: Optional[CtxFn] = None) -> None:
+    ``count``: (struct part, field) that holds the number of elements.
+    """
+
+    def __init__(self, name: str, element: str, count: Tuple[str, str], when: Optional[CtxFn] = None) -> None:
         super().__init__(name, when)
         self.element = element
-        self.count = count
+        self.count_field = count
+
+    def count(self, ctx: Any) -> int:
+        """The number of elements: the counting field's value in the parts decoded so far."""
+        holder, fld = self.count_field
+        return ctx.parts[holder][fld]
 
     def construct(self, ctx: Any) -> cs.Construct:
         elem = cs.Int64ul if self.element == "uint64_t" else layout(self.element, ctx.minor, ctx.flags)

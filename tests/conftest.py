@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from typing import Callable
@@ -58,6 +62,15 @@ except Interrupted:
 """
 
 
+def line_with(stream, needle: str, max_lines: int = 20) -> str:
+    """The first line of ``stream`` (a program's stderr, say) that contains ``needle``; '' if none comes."""
+    for _ in range(max_lines):
+        line = stream.readline()
+        if not line or needle in line:
+            return line
+    return ""
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0
 
@@ -92,3 +105,34 @@ def server(no_leftover_mounts):
         yield srv
     finally:
         srv.stop()
+
+
+#: the unprivileged user of the fusermount3 tests, and an interpreter outside /root it can run
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def nobody_env():
+    """A mountpoint owned by nobody and an environment in which nobody can import our packages."""
+    # Not pytest's tmp_path: its parent /tmp/pytest-of-root is 0700, closed to nobody.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="fusd-nobody-"))
+    mode = os.stat("/dev/fuse").st_mode
+    os.chmod("/dev/fuse", 0o666)
+    site = tmp_path / "site"
+    import construct
+    shutil.copytree(os.path.dirname(construct.__file__), site / "construct")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for pkg in ("fusd_wire", "fusd_runtime"):
+        shutil.copytree(os.path.join(root, pkg), site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, NOBODY, NOBODY)
+    os.chmod(tmp_path, 0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        yield str(mnt), env
+    finally:
+        os.chmod("/dev/fuse", stat.S_IMODE(mode))
+        subprocess.run(["fusermount3", "-u", "-z", "-q", str(mnt)], stderr=subprocess.DEVNULL)
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -122,7 +122,7 @@ def test_api_md_links_resolve_and_names_appear(entries):
     # the text is the docstrings: a sample of them is there, reST markup turned into Markdown
     from fusd_runtime import Device
     assert Device.read.__doc__.splitlines()[0].replace("``", "`") in text
-    prose = re.sub(r"```python\n.*?```\n", "", text, flags=re.S)
+    prose = re.sub(r"```python[^\n]*\n.*?```\n", "", text, flags=re.S)
     assert "``" not in prose and ":class:`" not in prose
     # enum classes are listed without their members
     assert "FUSE_COPY_FILE_RANGE_64 =" not in text and "class fuse_opcode(IntEnum)" in text

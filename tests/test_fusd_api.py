@@ -90,7 +90,7 @@ def test_fusd_serve_command_serves_a_user_class(tmp_path, no_leftover_mounts) ->
                    "        self.last = data.upper()\n"
                    "    def read(self, ctx, size, offset):\n"
                    "        return getattr(self, 'last', b'')[:size]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "fusd_runtime", "serve", f"{mod}:Shout", "--transport", "fuse",
+    proc = subprocess.Popen([sys.executable, "-m", "fusd_runtime", "serve", "-f", f"{mod}:Shout", "--transport", "fuse",
                              "--mountpoint", str(mnt)], stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()

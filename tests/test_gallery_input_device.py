@@ -4,7 +4,8 @@ Clients we did not write: python-evdev (``evdev.InputDevice``: identity, capabil
 state, LEDs, repeat settings, ``read_loop`` over select) and Debian's ``evtest`` (device
 description, blocking event loop, ``--query``).  Both run as separate processes: a
 client in the server's own process would deadlock, because python-evdev keeps the GIL
-while it is inside ``ioctl(2)``, which the server's threads must answer.
+while it is inside ``ioctl(2)``, which the server's threads must answer.  Served by the
+test kit's ``fusd_device`` on a real FUSE mount (the clients open a path).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any, Iterator, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 import pytest
-from conftest import needs_fuse, wait_for
+from conftest import wait_for
 
 import examples.input_device as gallery
+from fusd_runtime.testing import ServedDevice
 
-pytestmark = needs_fuse
+pytestmark = pytest.mark.fusd(backend="kernel", transport="fuse")
 
 
 try:
@@ -39,10 +41,9 @@ needs_evtest = pytest.mark.skipif(shutil.which("evtest") is None,
 
 
 @pytest.fixture
-def keyboard(server: Any) -> Iterator[Tuple[Any, str]]:
+def keyboard(fusd_device: Callable[..., ServedDevice]) -> Iterator[Tuple[Any, str]]:
     kb = gallery.VirtualKeyboard()
-    server.add(kb, "event0")
-    yield kb, server.path("event0")
+    yield kb, fusd_device(kb, "event0").path
 
 
 def start_client(code: str, *args: str) -> subprocess.Popen:

@@ -5,6 +5,7 @@ the FIPS 140-2 tests on 20000-bit blocks; its summary is parsed.  Good streams
 pass (a few failures are statistically normal: about 0.1% of blocks), a
 stuck source fails every block, a seeded source gives the same stream every
 time, and a rate-limited one blocks readers and pollers until bytes are there.
+Served by the test kit's ``fusd_device`` on a real FUSE mount (rngtest and dd open a path).
 """
 
 from __future__ import annotations
@@ -20,25 +21,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterator
 
 import pytest
-from conftest import ROOT, needs_fuse
+from conftest import ROOT, line_with, needs_fuse
 
 from examples.random_source import RandomSource
-from fusd_runtime import Server
+from fusd_runtime.testing import ServedDevice
 
-pytestmark = needs_fuse
+pytestmark = pytest.mark.fusd(backend="kernel", transport="fuse")
+Serve = Callable[..., ServedDevice]
 needs_rngtest = pytest.mark.skipif(shutil.which("rngtest") is None,
                                    reason="needs rngtest (Debian package rng-tools5), the client that checks the RNG")
 
 
 @pytest.fixture
-def rng_server(server: Server) -> Iterator[Server]:
-    yield server
-    for device in server.devices().values():
-        if isinstance(device, RandomSource):
-            device.stop()
+def add_rng(fusd_device: Serve) -> Iterator[Callable[..., str]]:
+    """Serve RandomSources for the test (``add_rng(source, name) -> path``); their threads end afterwards."""
+    served = []
+
+    def add(source: RandomSource, name: str) -> str:
+        served.append(source)
+        return fusd_device(source, name).path
+    yield add
+    for source in served:
+        source.stop()
 
 
 def rngtest(path: str, blocks: int) -> Dict[str, int]:
@@ -60,18 +67,17 @@ def dd(path: str, bs: int, count: int) -> bytes:
 
 
 @needs_rngtest
-def test_rngtest_passes_the_urandom_stream(rng_server: Server) -> None:
-    rng = rng_server.add(RandomSource(), "hwrng")
-    counts = rngtest(rng_server.path("hwrng"), 200)
+def test_rngtest_passes_the_urandom_stream(add_rng: Callable[..., str]) -> None:
+    rng = RandomSource()
+    counts = rngtest(add_rng(rng, "hwrng"), 200)
     assert counts["successes"] + counts["failures"] == 200
     assert counts["failures"] <= 4  # expected ~0.2 of 200 for a good source
     assert rng.bytes_served >= 200 * 2500 + 4  # 20000-bit blocks, after a 32-bit warm-up word
 
 
 @needs_rngtest
-def test_rngtest_catches_a_stuck_source(rng_server: Server) -> None:
-    rng_server.add(RandomSource(stuck=0xA5), "hwrng")
-    counts = rngtest(rng_server.path("hwrng"), 20)
+def test_rngtest_catches_a_stuck_source(add_rng: Callable[..., str]) -> None:
+    counts = rngtest(add_rng(RandomSource(stuck=0xA5), "hwrng"), 20)
     assert counts["successes"] == 0 and counts["failures"] == 20
     # 0xA5 has as many ones as zeros and no long runs: the poker test and the continuous (repeated word) test
     # are the ones that see it.
@@ -79,10 +85,9 @@ def test_rngtest_catches_a_stuck_source(rng_server: Server) -> None:
 
 
 @needs_rngtest
-def test_a_seeded_source_gives_the_documented_stream_to_every_open(rng_server: Server) -> None:
+def test_a_seeded_source_gives_the_documented_stream_to_every_open(add_rng: Callable[..., str]) -> None:
     seed = b"fusd gallery"
-    rng_server.add(RandomSource(seed=seed), "hwrng")
-    path = rng_server.path("hwrng")
+    path = add_rng(RandomSource(seed=seed), "hwrng")
     first, second = dd(path, 4096, 16), dd(path, 1000, 65)  # different request sizes, same stream
     expected = b"".join(hashlib.sha256(seed + i.to_bytes(8, "big")).digest() for i in range(2048))
     assert first == expected[:65536] and second == expected[:65000]
@@ -91,14 +96,14 @@ def test_a_seeded_source_gives_the_documented_stream_to_every_open(rng_server: S
     assert counts["failures"] <= 3
 
 
-def test_rate_limit_blocks_readers_and_pollers(rng_server: Server) -> None:
-    rng_server.add(RandomSource(rate=8192), "hwrng")
+def test_rate_limit_blocks_readers_and_pollers(add_rng: Callable[..., str]) -> None:
+    path = add_rng(RandomSource(rate=8192), "hwrng")
     start = time.monotonic()
-    data = dd(rng_server.path("hwrng"), 4096, 6)  # 24 KiB: one second's worth at once, then ~2 s of blocked reads
+    data = dd(path, 4096, 6)  # 24 KiB: one second's worth at once, then ~2 s of blocked reads
     assert len(data) == 6 * 4096
     assert time.monotonic() - start > 1.2
-    rng_server.add(RandomSource(rate=4), "slow")  # a byte every 250 ms
-    fd = os.open(rng_server.path("slow"), os.O_RDONLY | os.O_NONBLOCK)
+    slow = add_rng(RandomSource(rate=4), "slow")  # a byte every 250 ms
+    fd = os.open(slow, os.O_RDONLY | os.O_NONBLOCK)
     try:
         while True:  # drain the bucket
             try:
@@ -113,6 +118,7 @@ def test_rate_limit_blocks_readers_and_pollers(rng_server: Server) -> None:
         os.close(fd)
 
 
+@needs_fuse
 def test_the_example_program_serves_dd(no_leftover_mounts: None) -> None:
     """``python examples/random_source.py --mountpoint DIR --seed S``: dd reads the seeded stream; Ctrl-C unmounts."""
     with tempfile.TemporaryDirectory() as mnt:
@@ -120,7 +126,7 @@ def test_the_example_program_serves_dd(no_leftover_mounts: None) -> None:
                                  "fuse", "--mountpoint", mnt, "--seed", "abc"], stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stderr is not None
-            assert "serving" in proc.stderr.readline()
+            assert "serving" in line_with(proc.stderr, "serving")  # after any log lines
             data = dd(os.path.join(mnt, "hwrng"), 65536, 16)
             assert len(data) == 1 << 20
             assert data[:32] == hashlib.sha256(b"abc" + bytes(8)).digest()

@@ -5,12 +5,14 @@ back to the ioctls (GETSUPPORT, GETSTATUS, GETBOOTSTATUS, GETTIMEOUT,
 GETPRETIMEOUT, GETTIMELEFT, SETTIMEOUT), then disarms the dog with the magic
 'V' as it must.  Keepalives come from ``echo -n x > PATH`` in bash; the expiry
 ("the machine would reset") shows up in wdctl's boot status afterwards.
+
+Served by the test kit's ``fusd_device``: the wdctl and shell tests on a real FUSE
+mount, the ioctl test on every backend (the loopback kernel too).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -20,10 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
-from conftest import ROOT, needs_fuse, wait_for
+from conftest import ROOT, line_with, needs_fuse, wait_for
 
 from examples.watchdog import (
     WDIOC_GETSTATUS,
@@ -36,10 +38,13 @@ from examples.watchdog import (
     WDIOS_DISABLECARD,
     Watchdog,
 )
-from fusd_runtime import Server
+from fusd_runtime.testing import ServedDevice
 
-pytestmark = [needs_fuse, pytest.mark.skipif(shutil.which("wdctl") is None,
-                                             reason="needs util-linux wdctl (the client that drives the watchdog)")]
+pytestmark = pytest.mark.fusd(transport="fuse")
+needs_wdctl = pytest.mark.skipif(shutil.which("wdctl") is None,
+                                 reason="needs util-linux wdctl (the client that drives the watchdog)")
+on_a_mount = pytest.mark.fusd(backend="kernel", transport="fuse")  # wdctl and bash open a path
+Serve = Callable[..., ServedDevice]
 
 
 def wdctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,24 +70,23 @@ def feed(path: str, times: int, every: float) -> None:
 
 
 @pytest.fixture
-def dog_server(server: Server):
-    """The FUSE server, and every Watchdog added to it has its monitor thread ended afterwards."""
+def add_dog(fusd_device: Serve) -> Iterator[Callable[[Watchdog], ServedDevice]]:
+    """Serve a Watchdog for the test; its monitor thread is ended afterwards."""
     dogs: List[Watchdog] = []
-    server.dogs = dogs  # type: ignore[attr-defined]
-    yield server
+
+    def add(dog: Watchdog) -> ServedDevice:
+        dogs.append(dog)
+        return fusd_device(dog, "watchdog")
+    yield add
     for dog in dogs:
         dog.stop_monitor()
 
 
-def add_dog(server: Server, dog: Watchdog) -> str:
-    server.dogs.append(dog)  # type: ignore[attr-defined]
-    server.add(dog, "watchdog")
-    return server.path("watchdog")
-
-
-def test_wdctl_shows_identity_timeouts_and_flags_then_disarms(dog_server: Server) -> None:
+@needs_wdctl
+@on_a_mount
+def test_wdctl_shows_identity_timeouts_and_flags_then_disarms(add_dog: Callable[[Watchdog], ServedDevice]) -> None:
     dog = Watchdog(timeout=30)
-    path = add_dog(dog_server, dog)
+    path = add_dog(dog).path
     out = wdctl(path).stdout
     assert "Identity:      fusd software watchdog [version 1]" in out
     assert re.search(r"Timeout:\s+30 seconds", out) and re.search(r"Timeleft:\s+30 seconds", out)
@@ -93,9 +97,11 @@ def test_wdctl_shows_identity_timeouts_and_flags_then_disarms(dog_server: Server
     assert dog.keepalives >= 1 and dog.events == []
 
 
-def test_wdctl_sets_the_timeout_and_gets_einval_out_of_range(dog_server: Server) -> None:
+@needs_wdctl
+@on_a_mount
+def test_wdctl_sets_the_timeout_and_gets_einval_out_of_range(add_dog: Callable[[Watchdog], ServedDevice]) -> None:
     dog = Watchdog(timeout=30)
-    path = add_dog(dog_server, dog)
+    path = add_dog(dog).path
     assert "Timeout has been set to 5 seconds." in wdctl("-s", "5", path).stdout
     assert dog.timeout == 5 and oneline(path)["TIMEOUT"] == "5"
     bad = wdctl("-s", "99999", path, check=False)
@@ -103,9 +109,11 @@ def test_wdctl_sets_the_timeout_and_gets_einval_out_of_range(dog_server: Server)
     assert dog.timeout == 5
 
 
-def test_shell_keepalives_hold_it_off_and_it_fires_when_they_stop(dog_server: Server) -> None:
+@needs_wdctl
+@on_a_mount
+def test_shell_keepalives_hold_it_off_and_it_fires_when_they_stop(add_dog: Callable[[Watchdog], ServedDevice]) -> None:
     dog = Watchdog(timeout=30)
-    path = add_dog(dog_server, dog)
+    path = add_dog(dog).path
     wdctl("-s", "2", path)
     feed(path, times=8, every=0.5)  # 4 s of keepalives against a 2 s timeout
     assert dog.events == [] and dog.running  # closed without 'V': still armed
@@ -117,48 +125,51 @@ def test_shell_keepalives_hold_it_off_and_it_fires_when_they_stop(dog_server: Se
     assert info["CARDRESET_BOOT"] == "1" and info["CARDRESET"] == "0"
 
 
-def test_magic_close_from_the_shell_stops_it(dog_server: Server) -> None:
+@on_a_mount
+def test_magic_close_from_the_shell_stops_it(add_dog: Callable[[Watchdog], ServedDevice]) -> None:
     dog = Watchdog(timeout=1)
-    path = add_dog(dog_server, dog)
+    path = add_dog(dog).path
     subprocess.run(["bash", "-c", 'echo -n x > "$1"; echo V > "$1"', "bash", path], check=True, timeout=30)
     assert wait_for(lambda: not dog.running, 5)
     time.sleep(1.5)
     assert dog.events == []
 
 
-def test_ioctls_status_keepalive_pretimeout_and_fuse_limits(dog_server: Server) -> None:
+@pytest.mark.fusd(backend="all", transport="fuse")
+def test_ioctls_status_keepalive_pretimeout_and_fuse_limits(add_dog: Callable[[Watchdog], ServedDevice]) -> None:
     dog = Watchdog(timeout=30)
-    path = add_dog(dog_server, dog)
-    fd = os.open(path, os.O_WRONLY)
+    fd = add_dog(dog).open(os.O_WRONLY)
     try:
-        os.write(fd, b"x")
-        (status,) = struct.unpack("<i", fcntl.ioctl(fd, WDIOC_GETSTATUS, bytes(4)))
+        fd.write(b"x")
+        (status,) = struct.unpack("<i", fd.ioctl(WDIOC_GETSTATUS, bytes(4)))
         assert status & WDIOF_KEEPALIVEPING
-        (status,) = struct.unpack("<i", fcntl.ioctl(fd, WDIOC_GETSTATUS, bytes(4)))
+        (status,) = struct.unpack("<i", fd.ioctl(WDIOC_GETSTATUS, bytes(4)))
         assert not status & WDIOF_KEEPALIVEPING  # reported once per keepalive
         with pytest.raises(OSError) as exc:
-            fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("<i", 0))
+            fd.ioctl(WDIOC_SETTIMEOUT, struct.pack("<i", 0))
         assert exc.value.errno == errno.EINVAL
-        (timeout,) = struct.unpack("<i", fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("<i", 3)))
+        (timeout,) = struct.unpack("<i", fd.ioctl(WDIOC_SETTIMEOUT, struct.pack("<i", 3)))
         assert timeout == 3
         time.sleep(1.2)
-        (left,) = struct.unpack("<i", fcntl.ioctl(fd, WDIOC_GETTIMELEFT, bytes(4)))
+        (left,) = struct.unpack("<i", fd.ioctl(WDIOC_GETTIMELEFT, bytes(4)))
         assert left in (1, 2)  # 1.8 s left, rounded (the sleep may overshoot)
-        fcntl.ioctl(fd, WDIOC_KEEPALIVE, bytes(4))
-        (left,) = struct.unpack("<i", fcntl.ioctl(fd, WDIOC_GETTIMELEFT, bytes(4)))
+        fd.ioctl(WDIOC_KEEPALIVE, bytes(4))
+        (left,) = struct.unpack("<i", fd.ioctl(WDIOC_GETTIMELEFT, bytes(4)))
         assert left == 3
         # SETOPTIONS is _IOR but takes its argument in: the FUSE kernel never copies it, so EINVAL here.
         with pytest.raises(OSError) as exc:
-            fcntl.ioctl(fd, WDIOC_SETOPTIONS, struct.pack("<i", WDIOS_DISABLECARD))
+            fd.ioctl(WDIOC_SETOPTIONS, struct.pack("<i", WDIOS_DISABLECARD))
         assert exc.value.errno == errno.EINVAL
-        fcntl.ioctl(fd, WDIOC_SETPRETIMEOUT, struct.pack("<i", 2))  # fires 1 s from the last keepalive
+        fd.ioctl(WDIOC_SETPRETIMEOUT, struct.pack("<i", 2))  # fires 1 s from the last keepalive
         assert wait_for(lambda: [kind for kind, _ in dog.events] == ["pretimeout", "expired"], 6), dog.events
         pre, expired = (when for _, when in dog.events)
         assert expired > pre  # the pre-timeout came first (no wall-time bound: CI machines are loaded)
     finally:
-        os.close(fd)
+        fd.close()
 
 
+@needs_wdctl
+@needs_fuse
 def test_the_example_program_serves_wdctl(no_leftover_mounts: None) -> None:
     """``python examples/watchdog.py --mountpoint DIR`` as a user would run it; Ctrl-C unmounts."""
     with tempfile.TemporaryDirectory() as mnt:
@@ -166,7 +177,7 @@ def test_the_example_program_serves_wdctl(no_leftover_mounts: None) -> None:
                                  "fuse", "--mountpoint", mnt, "--timeout", "42"], stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stderr is not None
-            assert "serving" in proc.stderr.readline()
+            assert "serving" in line_with(proc.stderr, "serving")  # after any log lines
             info = oneline(os.path.join(mnt, "watchdog"))
             assert info["IDENTITY"] == "fusd software watchdog" and info["TIMEOUT"] == "42"
         finally:

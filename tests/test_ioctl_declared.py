@@ -13,11 +13,11 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from typing import Any, List, Tuple
 
 import construct as cs
 import pytest
 from conftest import needs_fuse
+from ioctl_model import KernelModel
 from ioctl_schemas import BATCH, EXTENTS, XFER, batch, extent, extents, segment, xfer
 
 from fusd_runtime import Context, Device, Server
@@ -29,13 +29,10 @@ from fusd_runtime.ioctl import (
     OUT,
     Arg,
     Flex,
-    IoctlRetry,
     Pointer,
     check_ioctls,
     ioctl,
     ioctl_table,
-    plan_unrestricted,
-    unrestricted_encoder,
 )
 
 u32, s32, u64 = cs.Int32ul, cs.Int32sl, cs.Int64ul
@@ -119,54 +116,30 @@ def test_declaration_mistakes_raise_when_declared() -> None:
         Pointer("n", target=segment, direction=OUT)
 
 
-class KernelModel:
-    """fs/fuse/ioctl.c's unrestricted loop over ``mem`` (addresses are offsets into it)."""
-
-    def __init__(self, mem: bytearray) -> None:
-        self.mem = mem
-        self.rounds = 0
-
-    def call(self, spec: Any, arg: int, handler: Any) -> Tuple[int, List[Tuple[int, int]]]:
-        in_iovs: List[Tuple[int, int]] = []
-        out_iovs: List[Tuple[int, int]] = []
-        while True:
-            data = b"".join(bytes(self.mem[a:a + n]) for a, n in in_iovs)
-            plan = plan_unrestricted(spec, arg, data, sum(n for _, n in out_iovs))
-            if plan.retry is not None:
-                assert isinstance(plan.retry, IoctlRetry)
-                self.rounds += 1
-                in_iovs, out_iovs = plan.retry.in_iovs, plan.retry.out_iovs
-                continue
-            encoded = unrestricted_encoder(plan)(handler(None, plan.value))
-            res, out = encoded if isinstance(encoded, tuple) else (encoded, b"")
-            assert len(out) <= sum(n for _, n in out_iovs)
-            for a, n in out_iovs:
-                chunk, out = out[:n], out[n:]
-                self.mem[a:a + len(chunk)] = chunk
-            return res, out_iovs
+P = 4096  # the model's first mapped address (page 0 is NULL)
 
 
 def test_model_pointer_to_in_and_out_buffers_two_rounds() -> None:
-    mem = bytearray(256)
-    mem[100:105] = b"hello"
-    mem[0:24] = xfer.build(dict(tx=100, rx=150, tx_len=5, rx_len=8))
+    k = KernelModel()
+    k.put(P + 100, b"hello")
+    k.put(P, xfer.build(dict(tx=P + 100, rx=P + 150, tx_len=5, rx_len=8)))
     spec = Arg(xfer).bind(XFER)
 
     def transfer(ctx, x):
         x.rx[:5] = bytes(x.tx).upper()
         return 5
 
-    k = KernelModel(mem)
-    res, out_iovs = k.call(spec, 0, transfer)
-    assert res == 5 and bytes(mem[150:158]) == b"HELLO\0\0\0" and k.rounds == 2
-    assert out_iovs == [(0, 24), (150, 8)]
+    assert k.call(spec, P, transfer) == 5
+    assert bytes(k.mem[P + 150:P + 158]) == b"HELLO\0\0\0" and k.rounds == 2
+    # tx is IN: read, never written back; rx is OUT: written, never read
+    assert k.copied_in == [(P, 24), (P + 100, 5)] and k.copied_out == [(P, 24), (P + 150, 8)]
 
 
 def test_model_pointers_inside_pointed_to_data_three_rounds_and_flex() -> None:
-    mem = bytearray(512)
-    mem[300:303], mem[310:314] = b"abc", b"wxyz"
-    mem[200:232] = segment.build(dict(buf=300, len=3, flags=0)) + segment.build(dict(buf=310, len=4, flags=0))
-    mem[0:16] = batch.build(dict(segs=200, count=2, done=0))
+    k = KernelModel()
+    k.put(P + 300, b"abc"), k.put(P + 310, b"wxyz")
+    k.put(P + 200, segment.build(dict(buf=P + 300, len=3, flags=0)) + segment.build(dict(buf=P + 310, len=4, flags=0)))
+    k.put(P, batch.build(dict(segs=P + 200, count=2, done=0)))
 
     def run(ctx, b):
         for seg in b.segs:
@@ -175,33 +148,61 @@ def test_model_pointers_inside_pointed_to_data_three_rounds_and_flex() -> None:
         b.done = 2
         return b
 
-    k = KernelModel(mem)
-    k.call(Arg(batch).bind(BATCH), 0, run)
-    assert k.rounds == 3 and bytes(mem[300:303]) == b"cba" and bytes(mem[310:314]) == b"zyxw"
-    assert batch.parse(bytes(mem[0:16])).done == 2
+    k.call(Arg(batch).bind(BATCH), P, run)
+    assert k.rounds == 3 and bytes(k.mem[P + 300:P + 303]) == b"cba" and bytes(k.mem[P + 310:P + 314]) == b"zyxw"
+    assert batch.parse(bytes(k.mem[P:P + 16])).done == 2
     # the segments were written back with their flags and their original buffer addresses
-    assert [(s.buf, s.len, s.flags) for s in cs.Array(2, segment).parse(bytes(mem[200:232]))] == \
-        [(300, 3, 7), (310, 4, 7)]
+    assert [(s.buf, s.len, s.flags) for s in cs.Array(2, segment).parse(bytes(k.mem[P + 200:P + 232]))] == \
+        [(P + 300, 3, 7), (P + 310, 4, 7)]
 
-    mem = bytearray(128)
-    mem[0:8] = struct.pack("<II", 3, 0)
+    k = KernelModel()
+    k.put(P, struct.pack("<II", 3, 0))
 
     def fill(ctx, e):
         e.items = [dict(start=i, length=10 * i) for i in range(e.count)]
         e.mapped = e.count
         return e
 
-    k = KernelModel(mem)
-    k.call(Arg(extents).bind(EXTENTS), 0, fill)
-    assert k.rounds == 2 and struct.unpack("<II", mem[0:8]) == (3, 3)
-    assert struct.unpack("<6Q", mem[8:56]) == (0, 0, 1, 10, 2, 20)
+    k.call(Arg(extents).bind(EXTENTS), P, fill)
+    assert k.rounds == 2 and struct.unpack("<II", k.mem[P:P + 8]) == (3, 3)
+    assert struct.unpack("<6Q", k.mem[P + 8:P + 56]) == (0, 0, 1, 10, 2, 20)
 
 
 def test_model_out_only_and_too_long_results() -> None:
-    mem = bytearray(64)
-    k = KernelModel(mem)
-    k.call(Arg(point, OUT).bind(0x5401), 8, lambda ctx, p: {"x": 5, "y": 6})
-    assert k.rounds == 1 and struct.unpack("<ii", mem[8:16]) == (5, 6)
-    mem[0:24] = xfer.build(dict(tx=0, rx=40, tx_len=0, rx_len=2))
+    k = KernelModel()
+    k.call(Arg(point, OUT).bind(0x5401), P + 8, lambda ctx, p: {"x": 5, "y": 6})
+    assert k.rounds == 1 and struct.unpack("<ii", k.mem[P + 8:P + 16]) == (5, 6)
+    k.put(P, xfer.build(dict(tx=0, rx=P + 40, tx_len=0, rx_len=2)))
     with pytest.raises(ValueError, match="caller's memory holds 2"):
-        KernelModel(mem).call(Arg(xfer).bind(XFER), 0, lambda ctx, x: setattr(x, "rx", b"toolong") or x)
+        k.call(Arg(xfer).bind(XFER), P, lambda ctx, x: setattr(x, "rx", b"toolong") or x)
+
+
+class AsyncPlotter(Device):
+    """Declared handlers may be ``async def``: the runtime encodes what the coroutine returns."""
+
+    def __init__(self) -> None:
+        self.p = {"x": 1, "y": 2}
+
+    @ioctl(GET_POINT, point)
+    async def get_point(self, ctx: Context, pt):
+        import asyncio
+        await asyncio.sleep(0.01)  # suspends: answered from the loop, through the saved encoder
+        pt.update(self.p)
+        return pt
+
+    @ioctl(SET_POINT, point)
+    async def set_point(self, ctx: Context, pt) -> int:
+        self.p = {"x": pt.x, "y": pt.y}  # returns without suspending: answered in the reader
+        return 7
+
+
+@needs_fuse
+def test_async_declared_handlers_on_fuse(server: Server) -> None:
+    server.add(AsyncPlotter(), "aplotter")
+    fd = os.open(server.path("aplotter"), os.O_RDWR)
+    try:
+        assert fcntl.ioctl(fd, GET_POINT, bytes(8)) == struct.pack("<ii", 1, 2)
+        assert fcntl.ioctl(fd, SET_POINT, bytearray(struct.pack("<ii", 5, 6)), True) == 7
+        assert fcntl.ioctl(fd, GET_POINT, bytes(8)) == struct.pack("<ii", 5, 6)
+    finally:
+        os.close(fd)

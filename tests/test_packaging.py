@@ -106,6 +106,10 @@ def test_wheel_holds_the_two_packages_and_nothing_else(wheel):
     assert sum(line.startswith("Requires-Dist:") and "extra ==" not in line for line in meta.splitlines()) == 1
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "fusd = fusd_runtime.cli:main" in entry_points
+    # the test kit's pytest plugin: pytest finds it in every project that installs the wheel
+    plugins = entry_points.split("[pytest11]", 1)[1].split("[", 1)[0] if "[pytest11]" in entry_points else ""
+    assert "fusd = fusd_runtime.testing.plugin" in plugins, entry_points
+    assert "fusd_runtime/testing/plugin.py" in names
 
 
 def test_installed_packages_come_from_the_venv(venv_python, tmp_path):
@@ -134,3 +138,11 @@ def test_demo_runs_from_the_venv(venv_python, tmp_path):
     if where:  # the demo's temporary directory is unmounted again
         with open("/proc/mounts") as f:
             assert where.group(1) not in [line.split()[1] for line in f], "the demo left its mount behind"
+
+
+def test_wireshark_dissector_comes_with_the_wheel(venv_python, tmp_path):
+    """The generated dissector the docs point to is installed, and the generator's engine too."""
+    res = _run([venv_python, "-c", "from fusd_wire.trace.wireshark import generate, shipped_path;"
+                "print(open(shipped_path()).read() == generate(), shipped_path())"], cwd=tmp_path)
+    ok, path = res.stdout.split()
+    assert ok == "True" and path.startswith(str(venv_python.parent.parent)), res.stdout

@@ -9,18 +9,13 @@ construct, because the development interpreter lives under /root.
 from __future__ import annotations
 
 import os
-import pathlib
 import shutil
-import stat
 import subprocess
-import tempfile
 import textwrap
 
 import pytest
-from conftest import fuse_available
+from conftest import NOBODY, SYSTEM_PYTHON, fuse_available
 
-NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"
 pytestmark = pytest.mark.skipif(
     not (fuse_available() and shutil.which("fusermount3") and os.path.exists(SYSTEM_PYTHON)),
     reason="needs root (to set up), /dev/fuse, fusermount3 (fuse3 package) and /usr/bin/python3")
@@ -46,31 +41,6 @@ fd = os.open(os.path.join(mnt, "pipe"), os.O_RDWR)
 os.write(fd, b"through the pipe")
 print(os.read(fd, 100).decode())
 """
-
-
-@pytest.fixture
-def nobody_env():
-    # Not pytest's tmp_path: its parent /tmp/pytest-of-root is 0700, closed to nobody.
-    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="fusd-nobody-"))
-    mode = os.stat("/dev/fuse").st_mode
-    os.chmod("/dev/fuse", 0o666)
-    site = tmp_path / "site"
-    import construct
-    shutil.copytree(os.path.dirname(construct.__file__), site / "construct")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for pkg in ("fusd_wire", "fusd_runtime"):
-        shutil.copytree(os.path.join(root, pkg), site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    os.chown(mnt, NOBODY, NOBODY)
-    os.chmod(tmp_path, 0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}
-    try:
-        yield str(mnt), env
-    finally:
-        os.chmod("/dev/fuse", stat.S_IMODE(mode))
-        subprocess.run(["fusermount3", "-u", "-z", "-q", str(mnt)], stderr=subprocess.DEVNULL)
-        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _mounted(path: str) -> bool:

@@ -36,12 +36,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "docs", "api.md")
 
 #: Packages documented by their ``__all__``.
-PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace")
+PACKAGES = ("fusd_runtime", "fusd_wire", "fusd_wire.trace", "fusd_runtime.ioctl", "fusd_runtime.loopback",
+            "fusd_runtime.testing", "fusd_runtime.replay", "fusd_runtime.emulate")
 #: Modules whose public classes and functions are documented (all of them, not only ``__all__``).
 MODULES = (
-    "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl", "fusd_runtime.fusd",
+    "fusd_runtime.device", "fusd_runtime.server", "fusd_runtime.cuse", "fusd_runtime.ioctl.numbers",
+    "fusd_runtime.ioctl.schema", "fusd_runtime.ioctl.clayout",
+    "fusd_runtime.ioctl.record", "fusd_runtime.ioctl.codec", "fusd_runtime.ioctl.declare",
+    "fusd_runtime.ioctl.restricted", "fusd_runtime.ioctl.retry", "fusd_runtime.ioctl.walk",
+    "fusd_runtime.fusd", "fusd_runtime.mount", "fusd_runtime.checks",
     "fusd_wire.codec", "fusd_wire.constants", "fusd_wire.fastpath", "fusd_wire.errors",
 )
+
+#: the fence of a signature block: shown as Python, never run (tests/test_docs.py runs ```python blocks)
+SIGNATURE = "```python signature"
 
 _METHOD_DUNDERS = ("__call__", "__iter__", "__len__", "__getitem__")
 
@@ -278,12 +286,17 @@ def markdown(doc: str) -> str:
     """reST/Google-flavoured docstring text to Markdown.
 
     ``code`` and :role:`x` become `code`; ``Args:``/``Attributes:`` sections (items indented
-    four spaces, continuations eight) become bullet lists.
+    four spaces, continuations eight) become bullet lists; an indented block after a blank
+    line (a ``::`` example) becomes a fenced ```python block, which ``tests/test_docs.py`` runs.
     """
     doc = _ROLE.sub(r"`\1`", doc).replace("``", "`").replace("::\n", ":\n")
     out: List[str] = []
     in_section = False
-    for line in doc.split("\n"):
+    lines = doc.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
         if _SECTION.match(line):
             in_section = True
             out += [f"**{line[:-1]}:**", ""]
@@ -299,6 +312,15 @@ def markdown(doc: str) -> str:
             in_section = False
             if line.strip():
                 out.append("")
+        if line.startswith("    ") and (not out or not out[-1].strip()):
+            block = [line]
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                block.append(lines[i])
+                i += 1
+            while block and not block[-1].strip():
+                block.pop()
+            out += ["```python", *textwrap.dedent("\n".join(block)).split("\n"), "```", ""]
+            continue
         out.append(line)
     return "\n".join(out)
 
@@ -310,7 +332,7 @@ def anchor(qualname: str) -> str:
 def _class_lines(e: Entry) -> List[str]:
     cls = e.obj
     bases = [b.__name__ for b in cls.__bases__ if b is not object]
-    out = [f'<a id="{anchor(e.qualname)}"></a>', "", f"### class `{e.name}`", "", "```python",
+    out = [f'<a id="{anchor(e.qualname)}"></a>', "", f"### class `{e.name}`", "", SIGNATURE,
            f"class {e.name}" + (f"({', '.join(bases)})" if bases else "")]
     init = getattr(cls, "__init__", None)
     if not issubclass(cls, enum.Enum) and inspect.isfunction(init):  # a constructor written in Python
@@ -338,7 +360,7 @@ def _class_lines(e: Entry) -> List[str]:
         else:
             head = f"#### `{e.name}.{name}`" + (f" ({kind})" if kind != "method" else "")
             code = f"def {name}{signature(member, drop_self=kind != 'staticmethod')}"
-        out += [head, "", "```python", code, "```", ""]
+        out += [head, "", SIGNATURE, code, "```", ""]
         doc = member_doc(member)
         if doc:
             out += [markdown(doc), ""]
@@ -358,10 +380,10 @@ def _entry_lines(group: List[Entry]) -> List[str]:
     if e.kind == "class":
         return _class_lines(e)
     if e.kind == "function":
-        return anchors + ["", f"### `{e.name}`", "", "```python",
+        return anchors + ["", f"### `{e.name}`", "", SIGNATURE,
                           f"def {e.name}{signature(e.obj)}", "```", "", markdown(e.doc), ""]
     names = ", ".join(f"`{x.name}`" for x in group)
-    return anchors + ["", f"### {names} (data)", "", "```python"] + [f"{x.name}{_value(x.obj)}" for x in group] \
+    return anchors + ["", f"### {names} (data)", "", SIGNATURE] + [f"{x.name}{_value(x.obj)}" for x in group] \
         + ["```", "", markdown(e.doc), ""]
 
 

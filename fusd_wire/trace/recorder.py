@@ -12,6 +12,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from typing import IO, Any, Optional, Sequence, Union
 
 from .pcapng import INBOUND, OUTBOUND, enhanced_packet_parts, interface_description, section_header
@@ -44,6 +45,11 @@ class Recorder:
     ``Recorder(path_or_file)``: a path is opened (truncated) and closed by ``close()``; a
     binary file object is written to and only flushed.  Thread-safe: ``record()`` may be
     called from any number of threads; each message is one contiguous block.
+
+    ``flush_interval``: seconds after which buffered packets are written even when fewer
+    than ``FLUSH_AT`` bytes came, so a capture can be read while it is being recorded (a
+    background thread does it: ``record()`` itself never looks at the clock for this).
+    None: only when the buffer fills, on ``flush()`` and on ``close()``.
     """
 
     INBOUND = INBOUND
@@ -51,7 +57,8 @@ class Recorder:
     FLUSH_AT = 1 << 16
     """Bytes buffered before one write(2) to the file."""
 
-    def __init__(self, target: Union[str, os.PathLike, IO[bytes]], *, application: str = "fusd") -> None:
+    def __init__(self, target: Union[str, os.PathLike, IO[bytes]], *, application: str = "fusd",
+                 flush_interval: Optional[float] = 0.2) -> None:
         if isinstance(target, (str, bytes, os.PathLike)):
             self._file: Any = open(target, "wb", buffering=0)  # closed by close(); we buffer ourselves
             self._owns = True
@@ -63,6 +70,12 @@ class Recorder:
         self._nconn = 0  # record() checks ids against this; 0 once closed
         self._buf = bytearray(section_header(application))
         self.closed = False
+        self._closing = threading.Event()
+        if flush_interval is not None:
+            if flush_interval <= 0:
+                raise ValueError(f"flush_interval must be > 0 seconds (or None), not {flush_interval!r}")
+            threading.Thread(target=_flush_periodically, args=(weakref.ref(self), self._closing, flush_interval),
+                             name="fusd-recorder-flush", daemon=True).start()
 
     def connection(self, name: str, *, minor: Optional[int] = None, flags: Optional[int] = None,
                    kind: str = "fuse") -> int:
@@ -133,6 +146,7 @@ class Recorder:
                 return
             self.closed = True
             self._nconn = 0
+            self._closing.set()
             try:
                 self._drain()
             finally:
@@ -167,6 +181,26 @@ class Recorder:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _flush_periodically(ref: weakref.ReferenceType[Recorder], closing: threading.Event, interval: float) -> None:
+    """Write what a recorder buffered, every ``interval`` s, until it closes (or is collected).
+
+    A failing write (disk full) ends the periodic flushing; the data stays buffered and the
+    next ``record()``/``flush()``/``close()`` that writes raises the error to its caller.
+    """
+    while not closing.wait(interval):
+        rec = ref()
+        if rec is None:
+            return
+        try:
+            with rec._lock:
+                if rec._buf and not rec.closed:
+                    rec._drain()
+        except OSError:
+            return
+        finally:
+            del rec
 
 
 __all__ = ["Recorder", "connection_description"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fusd_runtime.cuse import CuseServer
 from fusd_runtime.examples import COUNTER_ADD, Counter, PipeDevice
+from fusd_runtime.replay import replay
 from fusd_wire import constants as C
-from fusd_wire.trace.replay import replay
 
 from .conftest import needs_cuse, unique_name
 

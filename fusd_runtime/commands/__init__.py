@@ -1,0 +1,1 @@
+"""The ``fusd`` subcommands: one module each, registered in ``fusd_runtime.cli.COMMANDS``."""

@@ -1,0 +1,192 @@
+"""Per-device serialization: one device's code never runs twice at once, and nobody waits for it.
+
+A :class:`Strand` is a device's right to run.  Every piece of device code — a
+request's callback in a reader thread, a timer or ``call_soon`` callback, one step
+of an ``async def`` callback on the event loop, an ``on_interrupt`` — first *tries*
+to take its device's strand, without waiting.  If another thread holds it (a
+callback of the same device is still running), the work is appended to the
+strand's backlog and the thread goes back to its own job; the holder runs the
+backlog, in order, before it lets go.  So:
+
+- callbacks of one device never run concurrently (what keeps devices simple);
+- a slow or stuck callback delays only its own device: no reader thread and no
+  event loop ever blocks on another device's code, and the runtime's own
+  filesystem requests (LOOKUP, GETATTR, READDIR, OPEN routing) take no strand;
+- the uncontended case costs one ``RLock.acquire(False)``/``release()`` pair, the
+  same as the single session lock it replaced.
+
+The strand is re-entrant: a callback may call into the runtime (``handle.reply``,
+``server.remove(self)``, ``self.call_soon``) and anything that needs its own
+device's strand simply runs.
+
+Devices that do their own locking can opt out (``Device.concurrent = True``):
+their strand is :data:`FREE`, which never refuses and never queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, Tuple
+
+log = logging.getLogger("fusd")
+
+Job = Tuple[Callable[..., Any], Tuple[Any, ...]]
+
+
+class Strand:
+    """The right to run one device's code (see the module docstring).
+
+    ``acquire(False)`` / ``release()`` are the underlying RLock's bound methods,
+    stored on the object so the hot path calls C directly.
+    """
+
+    __slots__ = ("acquire", "release", "backlog", "draining", "name", "__weakref__")
+
+    def __init__(self, name: str = "") -> None:
+        lock = threading.RLock()
+        self.acquire: Callable[..., bool] = lock.acquire
+        self.release: Callable[[], None] = lock.release
+        self.backlog: Deque[Job] = deque()
+        #: True while the holder runs the backlog (a re-entrant release inside it must not recurse)
+        self.draining = False
+        self.name = name
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` under the strand: now if it is free, else after the holder's current work."""
+        self.backlog.append((fn, args))
+        self.drain()
+
+    def drain(self) -> None:
+        """Run the backlog if the strand is free; a no-op while someone else holds it (they will)."""
+        if self.draining:
+            return  # we are the holder, inside the loop below (a job released its re-entrant hold)
+        while self.backlog:
+            if not self.acquire(False):
+                return  # the holder runs the backlog before it lets go
+            self.draining = True
+            try:
+                while True:
+                    try:
+                        fn, args = self.backlog.popleft()
+                    except IndexError:
+                        break
+                    try:
+                        fn(*args)
+                    except Exception:  # jobs report their own errors; this is the last line of defence
+                        log.exception("fusd: a queued job of device %r raised", self.name)
+            finally:
+                self.draining = False
+                self.release()
+            # re-check: work queued between our last pop and the release is ours to run
+
+    def __repr__(self) -> str:
+        return f"<Strand {self.name!r} backlog={len(self.backlog)}>"
+
+
+class _FreeStrand(Strand):
+    """The strand of a ``concurrent`` device: always free, never queues."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("(concurrent)")
+        self.acquire = _always
+        self.release = _nothing
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def drain(self) -> None:
+        pass
+
+
+def _always(blocking: bool = True, timeout: float = -1) -> bool:
+    return True
+
+
+def _nothing() -> None:
+    return None
+
+
+#: The strand of every device with ``concurrent = True``.
+FREE = _FreeStrand()
+
+
+class LoopStrand(Strand):
+    """The strand of an *asyncio device* (one with ``async def`` callbacks): the event loop itself.
+
+    Such a device's code uses asyncio objects (queues, events, futures), which
+    are not thread-safe, so all of it runs where asyncio code may run: on the
+    loop's thread, or in a reader thread that *stands in* for the owned loop while
+    it is parked (``loop.py``: asleep in ``select``, so it cannot run).  Holding
+    this strand means holding the loop's ``park`` lock (re-entrant); the loop
+    thread holds it whenever it runs.  Work that cannot get it is posted to the
+    loop, which runs it in order with the device's tasks: suspended coroutines
+    resume in the order asyncio wakes them (an ``asyncio.Queue``'s waiters are
+    served first come, first served), never reordered by a busy strand.  A reader
+    that stood in runs, before it lets go, what its work made ready (a woken read's
+    task) and wakes the loop for the rest.  A borrowed loop (``async with
+    Server()``) is never parked: everything is posted to it.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.events = events  # the server's loop.EventLoop
+        self.acquire = self._acquire
+        self.release = self._release
+
+    def _acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        events = self.events
+        if not events.park.acquire(False):
+            return False
+        if events.depth == 0 and threading.get_ident() != events.thread_id:
+            events.begin_stand_in()
+        events.depth += 1
+        return True
+
+    def _release(self) -> None:
+        events = self.events
+        events.depth -= 1
+        try:
+            if events.depth == 0 and threading.get_ident() != events.thread_id:
+                events.end_stand_in()
+        finally:
+            events.park.release()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._acquire(False):
+            try:
+                fn(*args)
+            finally:
+                self._release()
+        else:
+            self.events.call_soon(fn, *args)
+
+    def drain(self) -> None:
+        pass  # no backlog: what could not run here was posted to the loop
+
+
+def strand_of(device: Any) -> Strand:
+    """The device's strand, made on first use (``Device`` subclasses need not call ``super().__init__``).
+
+    ``setdefault`` makes the first use atomic: two threads opening a fresh device
+    at once still share one strand.
+    """
+    try:
+        return device.__dict__["_fusd_strand"]
+    except KeyError:
+        pass
+    strand = FREE if getattr(device, "concurrent", False) else Strand(getattr(device, "name", "") or
+                                                                      type(device).__name__)
+    return device.__dict__.setdefault("_fusd_strand", strand)
+
+
+def give_loop_strand(device: Any, events: Any) -> Strand:
+    """Make ``device`` an asyncio device: its code runs on (or in the place of) the loop; see LoopStrand."""
+    strand = LoopStrand(events, getattr(device, "name", "") or type(device).__name__)
+    device.__dict__["_fusd_strand"] = strand
+    return strand
