@@ -5,6 +5,9 @@ on captures made by ``tools/gen_traces.py`` (one FUSE session: INIT, then LOOKUP
 GETATTR, OPEN, READ and WRITE of 256 bytes, READDIR, FLUSH, RELEASE, two error
 replies, STATFS, FORGET and a NOTIFY_POLL, over and over).  Each benchmark's
 ``extra_info`` has ``messages`` and ``msg_per_s`` (from the mean); they are printed too.
+``strace-64k`` has 64 KiB READ and WRITE payloads (256 KiB lines: where the old per-character
+regex spent its time); ``strace-splice`` sends READ replies the way libfuse's
+``fuse_reply_data`` does, through a pipe, from two threads.
 
     python -m pytest benchmarks/bench_traces.py --benchmark-enable --benchmark-only -s
 
@@ -21,7 +24,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import pytest
 
@@ -35,6 +38,7 @@ from fusd_wire.trace.command import run_decode  # noqa: E402
 
 N_PCAPNG = 200_000
 N_STRACE = 100_000
+N_STRACE_BIG = 5_000
 SPEEDS: Dict[str, float] = {}
 
 
@@ -51,6 +55,9 @@ def captures(tmp_path_factory):
     with open(d / "splice.strace", "wb") as f:
         write_strace(f, N_STRACE, splice=True, threads=2)
     files["strace-splice"] = (d / "splice.strace", N_STRACE)
+    with open(d / "big.strace", "wb") as f:  # 64 KiB READ/WRITE payloads: lines of 256 KiB
+        write_strace(f, N_STRACE_BIG, 65536)
+    files["strace-64k"] = (d / "big.strace", N_STRACE_BIG)
     return files
 
 
@@ -62,7 +69,7 @@ def _decode(path: Path, mode: str) -> int:
 
 
 CASES = [("pcapng", "--stats"), ("pcapng", "--json"), ("pcapng", ""),
-         ("strace", "--stats"), ("strace", "--json"), ("strace", ""), ("strace-splice", "")]
+         ("strace", "--stats"), ("strace", "--json"), ("strace", ""), ("strace-splice", ""), ("strace-64k", "")]
 
 
 @pytest.mark.parametrize("capture,mode", CASES, ids=[f"{c}{m or '-text'}" for c, m in CASES])
@@ -78,12 +85,14 @@ def test_decode_speed(benchmark, captures, capture, mode):
         print(f"\n{capture} {mode or 'text'}: {count} messages, {rate:,.0f} msg/s (mean of 3)")
 
 
-def _peak(cmd) -> int:
-    """Peak RSS in KiB of a child process."""
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+def _peak(cmd) -> Tuple[int, float, int]:
+    """(peak RSS in KiB, CPU seconds, exit status) of a child process."""
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(u.ru_maxrss, u.ru_utime + u.ru_stime, "
+            "r.returncode)")
     r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
-    return int(r.stdout.split()[-1])
+    kib, cpu, status = r.stdout.split()[-3:]
+    return int(kib), float(cpu), int(status)
 
 
 @pytest.mark.skipif(os.environ.get("FUSD_BIG_TRACES") != "1", reason="set FUSD_BIG_TRACES=1 (minutes, GBs of /tmp)")
@@ -95,10 +104,11 @@ def test_peak_rss(tmp_path_factory):
     with open(big_pcapng, "wb") as f:
         write_pcapng(f, 10_000_000)
     py = [sys.executable, "-m", "fusd_wire", "decode"]
-    rows = []
-    for path, mode in ((big_strace, "--stats"), (big_strace, ""), (big_pcapng, "--stats"), (big_pcapng, "--json"),
-                       (big_pcapng, "")):
-        kib = _peak(py + ([mode] if mode else []) + [str(path)])
-        rows.append((path.name, mode or "text", os.path.getsize(path), kib))
-        print(f"\n{path.name} ({os.path.getsize(path) / 1e9:.2f} GB) {mode or 'text'}: peak RSS {kib / 1024:.0f} MiB")
-    assert size > 0 and rows
+    for path, mode, count in ((big_strace, "--stats", 2_700_000), (big_strace, "", 2_700_000),
+                              (big_pcapng, "--stats", 10_000_000), (big_pcapng, "--json", 10_000_000),
+                              (big_pcapng, "", 10_000_000)):
+        kib, cpu, status = _peak(py + ([mode] if mode else []) + [str(path)])
+        print(f"\n{path.name} ({os.path.getsize(path) / 1e9:.2f} GB, {count} messages) {mode or 'text'}: "
+              f"peak RSS {kib / 1024:.0f} MiB, {cpu:.0f} s CPU ({count / cpu:,.0f} msg/s), exit {status}")
+        assert status == 0  # a decode that failed early would measure nothing
+    assert size > 0
