@@ -5,8 +5,8 @@ like ``rngd`` reads and checks before it feeds the kernel's entropy pool.
 Reads return random bytes — from ``os.urandom``, or, with a ``seed``, from a
 deterministic generator so that tests get the same stream every time — at an
 optional rate limit (bytes per second, as slow hardware delivers them: reads
-then block, or answer EAGAIN with O_NONBLOCK, and ``poll`` reports readable
-only when bytes are available).  ``stuck=N`` emulates a broken noise source
+then wait — an ``async def read`` that awaits the bucket — or answer EAGAIN with
+O_NONBLOCK, and ``poll`` reports readable only when bytes are available).  ``stuck=N`` emulates a broken noise source
 whose output is stuck at the byte N: the FIPS 140-2 tests must catch it.
 
 The seeded generator is SHA-256 in counter mode: block ``i`` (from 0) is
@@ -28,16 +28,15 @@ Or ``fusd serve examples/random_source.py:RandomSource``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import hashlib
 import os
 import sys
-import threading
 import time
-from collections import deque
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, List, Optional
 
-from fusd_runtime import POLLIN, POLLRDNORM, Context, Device, ReplyHandle, open_server
+from fusd_runtime import POLLIN, POLLRDNORM, Context, Device, open_server
 
 
 class CounterStream:
@@ -65,9 +64,13 @@ class RandomSource(Device):
     """The generator.  ``rate`` (bytes/s, None: unlimited) is a token bucket holding one second's worth.
 
     ``bytes_served`` counts what readers got.  A rate-limited read that finds
-    the bucket empty blocks (a deferred reply) until at least one byte is
-    there, then returns what has accumulated, up to the size asked: like a
-    real slow RNG, short reads are normal.
+    the bucket empty waits (``await asyncio.sleep``) until at least one byte is
+    there, then returns what has accumulated, up to the size asked: like a real
+    slow RNG, short reads are normal.  Waiting readers are served in turn (an
+    ``asyncio.Lock`` is first come, first served); a signal cancels a wait (the
+    runtime answers EINTR, nothing is lost); an O_NONBLOCK reader gets EAGAIN.
+    Written as an async device, it needs no thread, no lock and no bookkeeping of
+    blocked readers: the runtime runs its code one piece at a time.
     """
 
     name = "hwrng"
@@ -78,11 +81,10 @@ class RandomSource(Device):
         self.rate = rate
         self.stuck = stuck
         self.bytes_served = 0
-        self._lock = threading.Lock()  # timers answer blocked readers from their own threads
         self._tokens = float(rate) if rate else 0.0
         self._refilled = time.monotonic()
-        self._waiting: Deque[Tuple[Context, ReplyHandle]] = deque()
-        self._timer: Optional[threading.Timer] = None
+        self._turn = asyncio.Lock()  # waiting readers, first come first served
+        self._poll_timer: Any = None
 
     # ------------------------------------------------------------------ where the bytes come from
     def open(self, ctx: Context) -> None:
@@ -98,7 +100,7 @@ class RandomSource(Device):
 
     # ------------------------------------------------------------------ the rate limit
     def _available(self) -> int:
-        """Whole bytes in the bucket now (refilled since the last call).  _lock held."""
+        """Whole bytes in the bucket now (refilled since the last call)."""
         if not self.rate:
             return sys.maxsize
         now = time.monotonic()
@@ -106,67 +108,42 @@ class RandomSource(Device):
         self._refilled = now
         return int(self._tokens)
 
+    def _until_a_byte(self) -> float:
+        return max(0.0, (1.0 - self._tokens) / self.rate) if self.rate else 0.0
+
     def _take(self, ctx: Context, size: int) -> bytes:
         n = min(size, self._available())
         if self.rate:
             self._tokens -= n
         return self._generate(ctx, n)
 
-    def _schedule(self) -> None:
-        """Wake up when the next byte is in the bucket: answer blocked readers, notify pollers.  _lock held."""
-        if self._timer is not None or not self.rate:
-            return
-        delay = max(0.0, (1.0 - self._tokens) / self.rate)
-        self._timer = threading.Timer(delay, self._refill)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _refill(self) -> None:
-        with self._lock:
-            self._timer = None
-            while self._waiting and self._available() >= 1:
-                ctx, handle = self._waiting.popleft()
-                n = min(handle.size, self._available())
-                self._tokens -= n
-                if not handle.reply(self._generate(ctx, n)):
-                    self._tokens += n  # that reader was interrupted meanwhile
-                    self.bytes_served -= n
-            if self._waiting:
-                self._schedule()
-        self.notify_poll()
-
     def stop(self) -> None:
-        """Cancel the refill timer (when the device is no longer served)."""
-        with self._lock:
-            timer, self._timer = self._timer, None
+        """Cancel the poll wake-up timer (when the device is no longer served)."""
+        timer, self._poll_timer = self._poll_timer, None
         if timer is not None:
             timer.cancel()
 
     # ------------------------------------------------------------------ file operations
-    def read(self, ctx: Context, size: int, offset: int) -> Any:
-        with self._lock:
-            if self._available() >= 1 and not self._waiting:
-                return self._take(ctx, size)
-            if ctx.nonblock:
-                self._schedule()  # a poll() will follow: make sure someone says when bytes are back
-                raise BlockingIOError(errno.EAGAIN, "no random bytes yet")
-            handle = ctx.defer(on_interrupt=self._forget)
-            self._waiting.append((ctx, handle))
-            self._schedule()
-            return handle
-
-    def _forget(self, handle: ReplyHandle) -> None:
-        with self._lock:
-            for item in list(self._waiting):
-                if item[1] is handle:
-                    self._waiting.remove(item)
+    async def read(self, ctx: Context, size: int, offset: int) -> bytes:
+        if self._available() >= 1 and not self._turn.locked():
+            return self._take(ctx, size)  # the common case: answered at once, in the reader
+        if ctx.nonblock:
+            raise BlockingIOError(errno.EAGAIN, "no random bytes yet")
+        async with self._turn:  # readers that wait are served in the order they came
+            while self._available() < 1:
+                await asyncio.sleep(self._until_a_byte())
+            return self._take(ctx, size)
 
     def poll(self, ctx: Context, events: int) -> int:
-        with self._lock:
-            if self._available() >= 1:
-                return POLLIN | POLLRDNORM
-            self._schedule()
-            return 0
+        if self._available() >= 1:
+            return POLLIN | POLLRDNORM
+        if self._poll_timer is None:  # say when bytes are back: pollers wake and ask again
+            self._poll_timer = self.call_later(self._until_a_byte(), self._bytes_back)
+        return 0
+
+    def _bytes_back(self) -> None:
+        self._poll_timer = None
+        self.notify_poll()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

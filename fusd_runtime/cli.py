@@ -3,7 +3,7 @@
     fusd serve sensor.py:Sensor /tmp/devs    serve your device (FUSE directory or CUSE /dev node)
     fusd abort /tmp/devs                     free clients stuck on a server that stopped answering
     fusd demo                                start example devices and drive them with real syscalls
-    fusd bench                               per-syscall round-trip latency against the kernel floor
+    fusd bench                               per-syscall round trips beside C reference servers and the kernel floor
     fusd decode capture.pcapng               decode a protocol capture (python -m fusd_wire decode)
     fusd replay cap.pcapng --device mod:Cls  replay a recording to a device, diff its replies
     fusd record --proxy /dev/ttyUSB0 --name modem   record a real device through a pass-through proxy
@@ -36,7 +36,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "serve": ("fusd_runtime.commands.serve:main", "serve a device: fusd serve sensor.py:Sensor /tmp/devs"),
     "abort": ("fusd_runtime.commands.abort:main", "abort a stuck server's FUSE connection: fusd abort /tmp/devs"),
     "demo": ("fusd_runtime.demo:main", "start example devices and drive them with real system calls"),
-    "bench": ("fusd_runtime.bench:main", "per-syscall round-trip latency: fusd bench --quick"),
+    "bench": ("fusd_runtime.bench:main", "per-syscall round trips beside C references: fusd bench --quick"),
     "decode": ("fusd_runtime.cli:decode", "decode a capture: fusd decode session.pcapng"),
     "replay": ("fusd_runtime.replay.command:main", "replay a recording to a device: fusd replay c.pcapng --device m:C"),
     "record": ("fusd_runtime.commands.record:main", "record a real device: fusd record --proxy /dev/rtc0 --name rtc"),

@@ -43,9 +43,8 @@ from typing import Any, Dict, List, Optional, Union
 from fusd_wire import Codec
 from fusd_wire import constants as C
 
-from .checks import check_device
 from .device import Context, Device
-from .ioctl import check_ioctls, emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
+from .ioctl import emulate_restricted, ioctl_table, plan_unrestricted, unrestricted_encoder
 from .server import Server, ServerBase
 from .session import GONE, OP, Session, default_readers
 from .state import pack_out
@@ -163,6 +162,7 @@ class CuseSession(Session):
         if not strand.acquire(False):
             return self.queued(strand, self._op_write_positioned if write else self._op_read_positioned,
                                chan, buf, n, unique, nodeid, uid, gid, pid)
+        token = strand.token
         opcode = OP.FUSE_WRITE if write else OP.FUSE_READ
         try:
             ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = chan, unique, pid, uid, gid
@@ -171,29 +171,31 @@ class CuseSession(Session):
             pos = ctx.__dict__.get("cuse_pos", 0)
             result = ctx.device.write(ctx, data, pos) if write else ctx.device.read(ctx, size, pos)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "write" if write else "read")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         parts = self.other_result(chan, unique, int(opcode), result, size, ctx, (pid, uid, gid, nonblock))
         return self.answer_then_drain(chan, parts, strand) if strand.backlog else parts
 
-    def send_result(self, chan: Any, unique: int, opcode: int, result: Any, size: int, ctx: Context) -> None:
-        """Answer; on a seekable device a READ/WRITE answer also moves the open file's position.
+    def result_parts(self, chan: Any, unique: int, opcode: int, result: Any, size: int,
+                     ctx: Context) -> Optional[List[Any]]:
+        """The answer's parts; on a seekable device a READ/WRITE answer also moves the open file's position.
 
-        The position moves *before* the answer is written: the caller's next read may
-        reach another reader the moment it has its answer.
+        Every answer passes here (immediate, deferred, async).  The position moves
+        *before* the answer is written: the caller's next read may reach another
+        reader the moment it has its answer.
         """
-        if self.device.seekable and opcode in (OP.FUSE_READ, OP.FUSE_WRITE):
+        parts = super().result_parts(chan, unique, opcode, result, size, ctx)
+        if parts is not None and self.device.seekable and opcode in (OP.FUSE_READ, OP.FUSE_WRITE):
             if opcode == OP.FUSE_READ:
-                moved = min(len(result), size) if isinstance(result, (bytes, bytearray, memoryview)) else 0
+                moved = min(len(result), size)
             else:
-                moved = size if result is None else (result if isinstance(result, int) and 0 <= result <= size
-                                                     else 0)
+                moved = size if result is None else result
             ctx.__dict__["cuse_pos"] = ctx.__dict__.get("cuse_pos", 0) + moved
-        super().send_result(chan, unique, opcode, result, size, ctx)
+        return parts
 
     # ------------------------------------------------------------------ the one device
     def device_for_open(self, nodeid: int) -> Device:
@@ -278,15 +280,17 @@ class CuseServer(ServerBase):
         name = name or device.name or type(device).__name__.lower()
         if name in self._devices or any(d is device for d in self._devices.values()):
             raise ValueError(f"already registered: {name!r}")
-        check_ioctls(device, self.transport)
-        check_device(device)
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
         self._devices[name] = device
-        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         device.name = name
-        self._prepare(device)
+        try:
+            self._prepare(device)
+        except BaseException:
+            self._devices.pop(name, None)
+            raise
+        self._attrs[name] = {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "major": major, "minor": minor}
         if self._serving:
             try:
                 self._start_device(name)

@@ -118,8 +118,25 @@ class Deferrals(FileOps):
 
     # ------------------------------------------------------------------ device code outside requests
     def run_device_code(self, device: Device, callback: Callable[..., Any], args: tuple) -> None:
-        """Run ``callback(*args)`` as ``device``'s code (timers, ``call_soon``): under its strand."""
-        strand_of(device).run(self._device_job, device, callback, args)
+        """Run ``callback(*args)`` as ``device``'s code (timers, ``call_soon``): under its strand.
+
+        On the event loop's thread only this job runs here: requests queued behind
+        a busy strand are served elsewhere (they may hold slow sync callbacks).
+        """
+        strand = strand_of(device)
+        loop = self.loop
+        if strand.__class__ is not Strand or loop is None or not loop.in_loop_thread():
+            strand.run(self._device_job, device, callback, args)
+            return
+        if strand.acquire(False):
+            try:
+                self._device_job(device, callback, args)
+            finally:
+                strand.release()
+        else:
+            strand.backlog.append((self._device_job, (device, callback, args), False))  # the holder runs it
+        if strand.backlog:
+            self.drain_elsewhere(strand)
 
     def _device_job(self, device: Device, callback: Callable[..., Any], args: tuple) -> None:
         try:

@@ -155,6 +155,18 @@ class PerfFile(Device):
         return POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM
 
 
+class AsyncPerfFile(PerfFile):
+    """PerfFile with ``async def read`` (that never waits): what an async callback costs over a sync one.
+
+    ``python -m fusd_runtime.perfserver MNT --device fusd_runtime.examples:AsyncPerfFile``
+    serves it as the harness's ``dev0``; benchmarks/bench_async.py and
+    tools/daemon_instructions.py compare it with PerfFile.
+    """
+
+    async def read(self, ctx: Context, size: int, offset: int) -> Any:  # type: ignore[override]
+        return self.view[offset:offset + size]
+
+
 class Faulty(Device):
     """A device whose callbacks raise: the caller gets EIO, the server keeps serving."""
 

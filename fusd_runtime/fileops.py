@@ -80,7 +80,7 @@ class FileOps(Replies):
     def queued(self, strand: Strand, handler: Callable[..., Optional[List[Any]]], chan: Any, buf: Any, n: int,
                unique: int, nodeid: int, uid: int, gid: int, pid: int) -> Optional[List[Any]]:
         """Another callback of the device is running: serve this request after it, from a copy."""
-        strand.run(self._run_queued, handler, chan, bytes(buf[:n]), n, unique, nodeid, uid, gid, pid)
+        strand.run_request(self._run_queued, handler, chan, bytes(buf[:n]), n, unique, nodeid, uid, gid, pid)
         return None
 
     def _run_queued(self, handler: Callable[..., Optional[List[Any]]], chan: Any, data: bytes, n: int,
@@ -122,7 +122,10 @@ class FileOps(Replies):
         except OSError as exc:
             return [pack_out(16, -(exc.errno or errno.ENOENT), unique)]
         strand = strand_of(device)
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_open, chan, buf, n, unique, nodeid, uid, gid, pid)
         fh = next(self._fh_counter)
         ctx = Context(device, fh, flags, self, strand)  # type: ignore[arg-type]
@@ -136,12 +139,12 @@ class FileOps(Replies):
         try:
             result = device.open(ctx)
         except BaseException as exc:  # noqa: B036 - any failure refuses the open
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "open")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if result is None:
             opened = [self._pack_open_reply(32, 0, unique, fh, self.open_flags(device), 0)]
             return self.answer_then_drain(chan, opened, strand) if strand.backlog else opened
@@ -164,7 +167,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, 0, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_release, chan, buf, n, unique, nodeid, uid, gid, pid)
         self._drop(ctx)
         ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = chan, unique, pid, uid, gid
@@ -173,12 +179,12 @@ class FileOps(Replies):
         try:  # cleanup still reaches a removed device
             result = device.release(ctx)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "release")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if result is None:
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
@@ -194,7 +200,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_read, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             # Separate stores: a 5-target tuple assignment would build and unpack a tuple.
@@ -208,12 +217,12 @@ class FileOps(Replies):
             ctx.size = size
             result = ctx.device.read(ctx, size, offset)
         except BaseException as exc:  # noqa: B036 - any failure is the caller's answer
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "read")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         cls = result.__class__
         if cls is bytes or cls is bytearray or cls is memoryview:
             rn = len(result)
@@ -234,7 +243,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_write, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             ctx.fd = chan
@@ -257,12 +269,12 @@ class FileOps(Replies):
             else:
                 result = device.write(ctx, bytes(data), offset)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "write")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if result is None:
             result = size
         elif result.__class__ is not int or not 0 <= result <= size:
@@ -280,7 +292,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_flush, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             ctx.fd = chan
@@ -291,12 +306,12 @@ class FileOps(Replies):
             ctx.opcode = 25  # FUSE_FLUSH
             result = ctx.device.flush(ctx)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "flush")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if result is None:
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
@@ -311,19 +326,22 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_fsync, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             ctx.fd, ctx.unique, ctx.pid, ctx.uid, ctx.gid = chan, unique, pid, uid, gid
             ctx.opcode = 20  # FUSE_FSYNC
             result = ctx.device.fsync(ctx, bool(fsync_flags & C.FsyncFlags.FUSE_FSYNC_FDATASYNC))
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "fsync")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if result is None:
             if strand.backlog:
                 return self.answer_then_drain(chan, [pack_out(16, 0, unique)], strand)
@@ -341,7 +359,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_ioctl, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             ctx.fd = chan
@@ -366,12 +387,12 @@ class FileOps(Replies):
             else:  # a plain restricted ioctl: straight to the device
                 result = device.ioctl(ctx, cmd, data, out_size)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "ioctl")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         cls = result.__class__
         if strand.backlog:  # requests queued behind this one: answer first (in order), then serve them
             return self.answer_then_drain(chan, self.other_result(chan, unique, 39, result, out_size, ctx,
@@ -415,7 +436,10 @@ class FileOps(Replies):
         if ctx is None:
             return [pack_out(16, -_EBADF_REPLY, unique)]
         strand = ctx.strand
-        if not strand.acquire(False):
+        token = strand.token
+        try:
+            token.pop()  # take the device's strand (IndexError: busy)
+        except IndexError:
             return self.queued(strand, self._op_poll, chan, buf, n, unique, nodeid, uid, gid, pid)
         try:
             ctx.fd = chan
@@ -428,12 +452,12 @@ class FileOps(Replies):
                 ctx.poll_kh = kh
             mask = ctx.device.poll(ctx, events)
         except BaseException as exc:  # noqa: B036
-            strand.release()
+            token.append(True)
             self.failed_call(chan, unique, exc, ctx, "poll")
             if strand.backlog:
                 strand.drain()
             return None
-        strand.release()
+        token.append(True)
         if mask.__class__ is int:
             if strand.backlog:
                 return self.answer_then_drain(chan, [self._pack_poll_reply(24, 0, unique, mask, 0)], strand)

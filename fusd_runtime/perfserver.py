@@ -13,7 +13,15 @@ which unmounts (the harness unmounts first anyway; both are fine).
 ``fusd bench`` runs it as a separate process (a client and a server sharing one
 interpreter would share its GIL, which is not what a real client sees), adds a
 ``PipeDevice`` as ``pipe0`` for the poll-wakeup measurement (``--pipe``) and reads
-the device paths from the one ``READY`` line printed on stdout.
+the device paths from the one ``READY`` line printed on stdout
+(``READY dev0=PATH pipe0=PATH counter0=PATH readers=N``): the same contract as
+the C reference servers it is compared with (``bench_refs/README.md``),
+including exit status 3 after a ``SKIP:`` line when it cannot run here.
+
+On CUSE the kernel sends offset 0 with every READ and WRITE, so a seekable
+device has its position kept by fusd and runs into end of file after 64 KiB;
+there ``PerfFile`` is served as a stream (every read answers the first bytes,
+as the C CUSE reference does), which keeps the 64 KiB reads 64 KiB long.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ def load_device(spec: str) -> Any:
     return load_device_class(spec)()
 
 
+class _StreamPerfFile(PerfFile):
+    """PerfFile without a position: what the CUSE bench serves (see the module docstring)."""
+
+    seekable = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse the arguments, mount (or create CUSE nodes), serve until a signal or unmount."""
     p = argparse.ArgumentParser(prog="python -m fusd_runtime.perfserver",
@@ -44,12 +58,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
-    device = load_device(args.device) if args.device else PerfFile()
+    if args.device:
+        device = load_device(args.device)
+    else:
+        device = _StreamPerfFile() if args.transport == "cuse" else PerfFile()
     if args.transport == "cuse":
         from .cuse import CuseServer, cuse_available  # only where CUSE is asked for
         if not cuse_available():
-            print("cuse: not available here (needs /dev/cuse and root)", file=sys.stderr)
-            return 2
+            print("SKIP: cuse: not available here (needs /dev/cuse and root)", file=sys.stderr)
+            return 3
         server: Any = CuseServer(readers=args.readers)
         prefix = f"fusd-bench-{os.getpid()}-"
     else:
@@ -65,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def ready() -> None:
         names = ["dev0"] + (["pipe0", "counter0"] if args.pipe else [])
-        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names), flush=True)
+        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names) + f" readers={server.readers}",
+              flush=True)
 
     try:
         server.serve_forever(ready=ready)

@@ -20,7 +20,8 @@ back (a device sleeping without deferring), nobody would read the next request â
 so a supervisor on the event loop looks every ``SUPERVISE_EVERY`` seconds at each
 reader's state in ``/proc/self/task/<tid>/syscall`` (blocked in ``read`` on its own
 buffer = idle; costs nothing per request) and starts one more reader when none is
-idle and one has been busy with the same request for a whole period.
+idle and one has been busy with the same request for ``STUCK_TICKS`` periods (at most
+``MAX_EXTRA_READERS`` more; an added reader stays, idle in ``read``, until the session ends).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ log = logging.getLogger("fusd")
 #: seconds between two looks of the supervisor at the readers
 SUPERVISE_EVERY = 0.05
 #: readers the supervisor may add to a session's own (each only when all others were stuck)
-MAX_EXTRA_READERS = 16
+MAX_EXTRA_READERS = 8
+#: supervisor periods a reader must be busy with one request before it counts as stuck (a busy,
+#: preempted or slow machine makes single periods of 50 ms common: don't add readers for those)
+STUCK_TICKS = 2
 _NO_REPLY = frozenset({int(OP.FUSE_FORGET), int(OP.FUSE_BATCH_FORGET), int(OP.FUSE_NOTIFY_REPLY),
                        int(OP.FUSE_INTERRUPT)})
 _KEEP_WHILE_STOPPING = frozenset({int(OP.FUSE_RELEASE), int(OP.FUSE_RELEASEDIR), int(OP.FUSE_FORGET),
@@ -264,11 +268,11 @@ class ReaderLoop(Deferrals):
                 reader.busy_ticks += 1
             else:
                 reader.last_unique, reader.busy_ticks = unique, 0
-            if reader.busy_ticks:
+            if reader.busy_ticks >= STUCK_TICKS:
                 stuck += 1
         if stuck and len(self.readers) < self.nreaders + MAX_EXTRA_READERS:
             log.info("fusd: every %s reader is busy in a callback (one for %.2f s): starting reader %d",
-                     self.kind, SUPERVISE_EVERY, len(self.readers))
+                     self.kind, SUPERVISE_EVERY * STUCK_TICKS, len(self.readers))
             self._add_reader()
 
     # ------------------------------------------------------------------ stopping

@@ -42,17 +42,15 @@ import tempfile
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .aio import is_asyncio_device
-from .checks import check_device
 from .device import Device
 from .fusefs import FuseSession, node_path
-from .ioctl import check_ioctls
 from .loop import EventLoop, Timer
 from .mount import Mount
+from .prepare import prepare_device
 from .reader import SUPERVISE_EVERY
 from .registry import Registry
 from .session import Session, default_readers
-from .strand import give_loop_strand, strand_of
+from .strand import strand_of
 
 log = logging.getLogger("fusd")
 
@@ -355,16 +353,8 @@ class ServerBase:
         return loop
 
     def _prepare(self, device: Device) -> None:
-        """Per-device set-up at ``add()``: its strand, made once before any request can reach it.
-
-        A device with ``async def`` callbacks (or ``uses_asyncio = True``) gets the event
-        loop as its strand (``strand.LoopStrand``): all its code runs where asyncio
-        code may run.
-        """
-        if is_asyncio_device(device):
-            give_loop_strand(device, self._loop)
-        else:
-            strand_of(device)
+        """Checks and the device's strand (``prepare.prepare_device``), before it becomes visible."""
+        prepare_device(device, self.transport, self._loop)
 
 
 def _set_if_pending(fut: asyncio.Future) -> None:
@@ -419,12 +409,10 @@ class Server(ServerBase):
         mode = device.mode if mode is None else mode
         uid = (self.uid if device.uid is None else device.uid) if uid is None else uid
         gid = (self.gid if device.gid is None else device.gid) if gid is None else gid
-        check_ioctls(device, self.transport)
-        check_device(device)
-        self.registry.add(name, device, mode, uid, gid)
         device.name = name
+        self._prepare(device)  # before the registry makes it visible: the first OPEN finds its strand
+        self.registry.add(name, device, mode, uid, gid)
         log.info("fusd: device %s added (%s, mode %o)", name, type(device).__name__, mode)
-        self._prepare(device)
         device.session = self.session
         return device
 

@@ -101,6 +101,11 @@ def test_a_signal_cancels_a_waiting_read(server: Server) -> None:
     assert wait_for(lambda: not server.session.deferred)  # type: ignore[union-attr]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.mark.skipif(not (shutil.which("gpsd") and shutil.which("gpspipe")),
                     reason="needs gpsd and gpspipe (Debian gpsd, gpsd-clients: system-packages.txt)")
 def test_gpsd_reads_fixes_from_the_device(server: Server, tmp_path) -> None:
@@ -111,6 +116,7 @@ def test_gpsd_reads_fixes_from_the_device(server: Server, tmp_path) -> None:
     gpsd = subprocess.Popen(["gpsd", "-N", "-n", "-b", "-S", str(port), "-F", str(tmp_path / "control"),
                              server.path("gps")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        assert wait_for(lambda: _listening(port), 30), gpsd.stderr  # gpsd is up before gpspipe asks it
         out = subprocess.run(["gpspipe", "-w", "-n", "12", f"127.0.0.1:{port}"], capture_output=True, text=True,
                              timeout=60).stdout
     finally:

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from typing import Callable, Dict, Iterator
 
@@ -114,6 +115,36 @@ def test_rate_limit_blocks_readers_and_pollers(add_rng: Callable[..., str]) -> N
         assert select.select([fd], [], [], 0)[0] == []  # nothing to read now...
         assert select.select([fd], [], [], 2)[0] == [fd]  # ...until the bucket refills
         assert len(os.read(fd, 16)) >= 1
+    finally:
+        os.close(fd)
+
+
+def test_a_signal_cancels_a_rate_limited_read_and_the_next_reader_is_served(add_rng: Callable[..., str]) -> None:
+    path = add_rng(RandomSource(rate=1), "slow")  # one byte a second
+    code = textwrap.dedent("""
+        import os, signal, sys
+        class Stop(Exception):
+            pass
+        def handler(*a):
+            raise Stop()
+        signal.signal(signal.SIGUSR1, handler)
+        fd = os.open(sys.argv[1], os.O_RDONLY)
+        os.read(fd, 4096)  # the bucket's one byte
+        print("waiting", flush=True)
+        try:
+            os.read(fd, 4096)  # waits for the next byte
+            print("read")
+        except Stop:
+            print("interrupted")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "waiting"
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.communicate(timeout=20)[0].strip() in ("interrupted", "read")  # (the byte may win the race)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert len(os.read(fd, 16)) >= 1  # the device still serves: the cancelled wait left nothing behind
     finally:
         os.close(fd)
 

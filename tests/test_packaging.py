@@ -1,9 +1,11 @@
 """The wheel: built from a copy of the tree, installed into a fresh venv, and run from there.
 
 Checks what ``pip install .`` gives a user: only ``fusd_wire``/``fusd_runtime`` (with every
-subpackage and both ``py.typed`` markers) are packaged, the ``fusd`` command and
-``python -m fusd_wire`` work from the venv with nothing but the wheel and ``construct``
-(from the index), and ``fusd demo`` serves and drives its devices (root + /dev/fuse).
+subpackage, both ``py.typed`` markers and the C sources of ``fusd bench``'s reference
+servers) are packaged, the ``fusd`` command and ``python -m fusd_wire`` work from the venv
+with nothing but the wheel and ``construct`` (from the index), ``fusd demo`` serves and
+drives its devices and ``fusd bench`` builds its references from the installed sources
+(root + /dev/fuse).
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def test_wheel_holds_the_two_packages_and_nothing_else(wheel):
         sources = {str(p.relative_to(ROOT)) for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts}
         assert sources <= set(names), f"missing from the wheel: {sorted(sources - set(names))}"
     assert "fusd_wire/trace/__init__.py" in names
+    # the C reference servers fusd bench builds at run time, their shared header and their contract
+    refs = {str(p.relative_to(ROOT)) for p in (ROOT / "fusd_runtime" / "bench_refs").iterdir()
+            if p.suffix in (".c", ".h", ".md")}
+    assert {"fusd_runtime/bench_refs/raw_fuse.c", "fusd_runtime/bench_refs/perfdev.h",
+            "fusd_runtime/bench_refs/README.md"} <= refs
+    assert refs <= set(names), f"missing from the wheel: {sorted(refs - set(names))}"
     info = next(iter(dist_info))
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "Requires-Dist: construct" in meta
@@ -146,3 +154,19 @@ def test_wireshark_dissector_comes_with_the_wheel(venv_python, tmp_path):
                 "print(open(shipped_path()).read() == generate(), shipped_path())"], cwd=tmp_path)
     ok, path = res.stdout.split()
     assert ok == "True" and path.startswith(str(venv_python.parent.parent)), res.stdout
+
+
+def test_bench_builds_its_references_from_the_venv(venv_python, tmp_path):
+    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
+        pytest.skip("fusd bench needs root and /dev/fuse (kernel FUSE tier)")
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler: the references are skipped (tests/test_bench.py checks that)")
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # built here, from the wheel's sources
+    _run([venv_python.parent / "fusd", "bench", "--quick", "--iterations", "50", "--ops", "pread1", "--no-floors",
+          "--refs", "raw_fuse", "--json", out], cwd=tmp_path, env=env, timeout=300)
+    import json
+    doc = json.loads(out.read_text())
+    assert doc["targets"]["raw_fuse"]["status"] == "measured", doc["targets"]
+    assert doc["targets"]["raw_fuse"]["source"] == "fusd_runtime/bench_refs/raw_fuse.c"
+    assert [r["vs"] for r in doc["ratios"]] == ["raw_fuse"]

@@ -33,8 +33,9 @@ from typing import Dict, List, Tuple
 def run_variant(name: str, cmd: str, client: str, ops: str, iters: int, cpu: str) -> Dict[str, Tuple[float, float]]:
     """Start one server, run the client once over every op, stop the server: {op: (median µs, server CPU µs)}."""
     mnt = tempfile.mkdtemp(prefix=f"perf-ab-{name}-")
+    # cwd="/": ``python -m`` puts the working directory first on sys.path, which would shadow PYTHONPATH
     proc = subprocess.Popen(["taskset", "-c", cpu, "bash", "-c", "exec " + cmd.replace("{mnt}", mnt)],
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, start_new_session=True, cwd="/")
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(mnt, "dev0")):

@@ -30,25 +30,17 @@ from typing import Any, Callable, Dict, List, Optional
 
 from fusd_wire import constants as C
 
-from ..aio import is_asyncio_device
-from ..checks import check_device
 from ..device import Device
-from ..ioctl import check_ioctls
+from ..prepare import prepare_device
 from ..registry import Registry
-from ..strand import give_loop_strand, strand_of
 
 #: The mount point a loopback FUSE session believes it serves (it never touches it).
 MOUNTPOINT = "<loopback>"
 
 
 def prepare(device: Device, transport: str, loop: Any) -> None:
-    """What ``Server.add`` does to a device before serving it (checks, strand)."""
-    check_ioctls(device, transport)
-    check_device(device)
-    if is_asyncio_device(device):
-        give_loop_strand(device, loop)
-    else:
-        strand_of(device)
+    """What ``Server.add`` does to a device before serving it (checks, strand): ``prepare.prepare_device``."""
+    prepare_device(device, transport, loop)
 
 
 def fuse_session(fd: int, devices: Dict[str, Device], attrs: Dict[str, Dict[str, int]], *,

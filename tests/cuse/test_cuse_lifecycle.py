@@ -113,3 +113,26 @@ def test_a_stuck_callback_of_one_device_does_not_stop_another(cuse: CuseServer) 
     finally:
         stuck.release_it.set()
     assert blocked.communicate(timeout=120)[0].strip() == b"b'done\\n'"
+
+
+class LateTable(Device):
+    """A seekable device whose reads answer later (a timer): the open file's position still moves."""
+
+    seekable = True
+    TABLE = b"0123456789"
+
+    def read(self, ctx: Context, size: int, offset: int):
+        handle = ctx.defer()
+        self.call_later(0.05, handle.reply, self.TABLE[offset:offset + min(size, 4)])
+        return DEFER
+
+
+def test_a_deferred_answer_moves_a_seekable_devices_position(cuse: CuseServer) -> None:
+    name = unique_name("late")
+    cuse.add(LateTable(), name)
+    out = client("""
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_RDONLY)
+        print([os.read(fd, 4) for _ in range(4)])
+    """, cuse.path(name)).stdout
+    assert out.strip() == "[b'0123', b'4567', b'89', b'']"
