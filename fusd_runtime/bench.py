@@ -1,20 +1,27 @@
 """``fusd bench``: what one system call on a fusd device costs, beside C reference servers and the kernel floor.
 
-    fusd bench [--transport fuse|cuse] [--pin same|split|none] [--rounds N] [-n ITERATIONS]
+    fusd bench [--transport fuse|uring|cuse] [--pin same|split|none] [--rounds N] [-n ITERATIONS]
                [--refs raw_fuse,libfuse_ll|none] [--device module:Class] [--json FILE] [--quick]
 
 examples:
     fusd bench --quick                         # a few seconds: does it work, rough numbers
     fusd bench --json run.json                 # 5 interleaved rounds x 20000 calls per op
     fusd bench --transport cuse                # /dev/cuse: against the C CUSE reference
+    fusd bench --transport uring --enable-uring --pin none   # FUSE-over-io_uring vs the C ring server
 
 fusd serves its perf device (``python -m fusd_runtime.perfserver``: the built-in
 :class:`~fusd_runtime.examples.PerfFile`, or ``--device``) in its own process.
 Beside it run the reference servers of ``fusd_runtime/bench_refs/`` — C
 programs compiled at run time that serve the same file: ``raw_fuse``, a raw
 /dev/fuse loop (the physical floor of a FUSE round trip), ``libfuse_ll``, a
-libfuse 3 low-level server (where libfuse3-dev is installed), ``raw_cuse`` for
-``--transport cuse``.  A reference that cannot be built or run here is skipped
+libfuse 3 low-level server (where libfuse3-dev is installed), ``uring_fuse``, a
+FUSE-over-io_uring server with a ring per CPU (where the kernel offers io_uring),
+``raw_cuse`` for ``--transport cuse``.  ``--transport uring`` serves fusd through
+FUSE-over-io_uring (``Server(transport="uring")``) beside the same FUSE
+references; the kernel offers io_uring only while the fuse parameter
+``enable_uring`` is Y, which the bench does not change unless ``--enable-uring``
+(root) asks it to set Y while the servers start and put it back once they serve
+(their connections keep io_uring).  A reference that cannot be built or run here is skipped
 with the reason in the table.  The kernel floors (a tmpfs file, /dev/null, a
 pipe) are measured by the same client in the same run.
 
@@ -62,7 +69,12 @@ class BenchServer(ServerProcess):
     def __init__(self, *, device: Optional[str] = None, transport: str = "fuse", readers: Optional[int] = None,
                  cpu: Optional[int] = None, timeout: float = 20.0) -> None:
         super().__init__("fusd", fusd_argv(device=device, transport=transport, readers=readers),
-                         transport=transport, cpu=cpu, timeout=timeout)
+                         transport=kernel_transport(transport), cpu=cpu, timeout=timeout)
+
+
+def kernel_transport(transport: str) -> str:
+    """The kernel interface of a bench transport: FUSE-over-io_uring is FUSE (same mount, ops, references)."""
+    return "fuse" if transport == "uring" else transport
 
 
 def _cpus(pin: str) -> Tuple[Optional[int], Optional[int]]:
@@ -90,17 +102,21 @@ def default_ops(transport: str) -> List[str]:
 def measure(*, device: Optional[str] = None, pin: str = "same", transport: str = "fuse", iterations: int = 20000,
             warmup: int = 1000, rounds: int = 5, readers: Optional[int] = None, ops: Optional[Sequence[str]] = None,
             client: str = "auto", floors: bool = True, refs: Optional[Sequence[str]] = None,
-            ref_dir: str = bench_refs.HERE, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+            ref_dir: str = bench_refs.HERE, progress: Optional[Callable[[str], None]] = None,
+            enable_uring: bool = False) -> Dict[str, Any]:
     """Run every op against fusd, the references and the floors, in interleaved rounds: the JSON document.
 
     ``refs``: reference names to run (None: every one of the transport; ``[]``: none);
     ``ref_dir``: where their sources are (``bench_refs/``; another directory for a
     reference in the making).  A reference that cannot be built or run is in
-    ``targets`` with its status and reason, never an exception.
+    ``targets`` with its status and reason, never an exception.  ``transport``
+    "uring": fusd through FUSE-over-io_uring, beside the FUSE references;
+    ``enable_uring``: set the fuse parameter to Y while the servers start (root).
     """
     say = progress or (lambda msg: None)
-    ops = list(ops) if ops is not None else default_ops(transport)
-    bad = [o for o in ops if o not in OP_BY_NAME or transport not in OP_BY_NAME[o].transports]
+    kernel = kernel_transport(transport)
+    ops = list(ops) if ops is not None else default_ops(kernel)
+    bad = [o for o in ops if o not in OP_BY_NAME or kernel not in OP_BY_NAME[o].transports]
     if bad:
         raise ValueError(f"not an op on {transport}: {', '.join(bad)}")
     exe, why_python = (build_c_client(say) if client in ("auto", "c") else (None, "asked for"))
@@ -112,7 +128,7 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
     server_cpus = {scpu} if scpu is not None else set(os.sched_getaffinity(0))
     nreaders = readers if readers is not None else (1 if len(server_cpus) == 1 else 2)  # session.default_readers
     targets: Dict[str, Dict[str, Any]] = {}
-    available = bench_refs.discover(ref_dir, transport=transport)
+    available = bench_refs.discover(ref_dir, transport=kernel)
     wanted = [r for r in available if refs is None or r.name in refs]
     unknown = sorted(set(refs or ()) - {r.name for r in available})
     if unknown:
@@ -122,6 +138,10 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
     with contextlib.ExitStack() as stack:
         servers: Dict[str, ServerProcess] = {}
         tag = f"fusd-bench-{os.getpid()}"
+        enabled = None
+        if enable_uring:
+            from .uring import uring_enabled  # only when asked for
+            enabled = stack.enter_context(uring_enabled())
         for ref in wanted:  # the references first: fusd's first round then starts right after fusd did
             meta: Dict[str, Any] = {"kind": "reference", "title": ref.title, "source": _source_name(ref.source)}
             targets[ref.name] = meta
@@ -130,7 +150,7 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
                 meta.update(status="skipped", reason=why)
                 say(f"{ref.name}: skipped: {why}")
                 continue
-            proc = ServerProcess(ref.name, [ref_exe, "--readers", str(nreaders)], transport=transport, cpu=scpu,
+            proc = ServerProcess(ref.name, [ref_exe, "--readers", str(nreaders)], transport=kernel, cpu=scpu,
                                  cuse_name=f"{tag}-{ref.name}" if transport == "cuse" else None)
             try:
                 servers[ref.name] = stack.enter_context(proc)
@@ -141,6 +161,11 @@ def measure(*, device: Optional[str] = None, pin: str = "same", transport: str =
             meta.update(status="measured", readers=proc.readers, pid=proc.pid)
         fusd = BenchServer(device=device, transport=transport, readers=readers, cpu=scpu)
         servers["fusd"] = stack.enter_context(fusd)
+        served_by = fusd.paths.pop("transport", kernel)  # perfserver says which channel serves
+        if enabled is not None:
+            enabled.restore()  # all are serving: their connections keep io_uring
+        if transport == "uring" and served_by != "uring":
+            raise RuntimeError("fusd did not get FUSE-over-io_uring from the kernel (it would measure read/write)")
         targets = {"fusd": {"kind": "fusd", "status": "measured", "readers": fusd.readers, "pid": fusd.pid,
                             "title": f"fusd {facts['fusd']}: {device or 'fusd_runtime.examples:PerfFile'} served by "
                                      f"fusd_runtime.perfserver"}, **targets}
@@ -209,7 +234,10 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--device", metavar="module:Class", help="your device class (default: the built-in PerfFile)")
     p.add_argument("--pin", choices=("same", "split", "none"), default="same",
                    help="client and servers on one CPU (default), on two CPUs, or unpinned")
-    p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
+    p.add_argument("--transport", choices=("fuse", "uring", "cuse"), default="fuse",
+                   help="uring: fusd through FUSE-over-io_uring, beside the FUSE references (uring_fuse among them)")
+    p.add_argument("--enable-uring", action="store_true",
+                   help="root: set /sys/module/fuse/parameters/enable_uring to Y while the servers start, then back")
     p.add_argument("--iterations", "-n", type=int, default=None, help="timed calls per op and round (default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default iterations/20)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick: 1)")
@@ -224,11 +252,12 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--no-floors", action="store_true", help="skip the kernel floor measurements")
     p.add_argument("--json", metavar="FILE", help="also write the whole run as JSON (schema fusd-bench/1)")
     args = p.parse_args(argv)
-    ops = [o for o in args.ops.split(",") if o] if args.ops else default_ops(args.transport)
+    kernel = kernel_transport(args.transport)
+    ops = [o for o in args.ops.split(",") if o] if args.ops else default_ops(kernel)
     unknown = [o for o in ops if o not in OP_BY_NAME]
     if unknown:
         p.error("unknown op(s): " + ", ".join(unknown))
-    not_here = [o for o in ops if args.transport not in OP_BY_NAME[o].transports]
+    not_here = [o for o in ops if kernel not in OP_BY_NAME[o].transports]
     if not_here:
         p.error(f"not on {args.transport}: " + ", ".join(not_here))
     refs: Optional[List[str]] = None
@@ -248,6 +277,21 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     elif os.geteuid() != 0 and not shutil.which("fusermount3"):
         print("fusd bench: needs root or fusermount3 to mount", file=sys.stderr)
         return 2
+    if args.transport == "uring":
+        from .uring import enable_uring_parameter
+        param = enable_uring_parameter()
+        if param is None:
+            print("fusd bench: this kernel has no FUSE-over-io_uring (no fuse enable_uring parameter)",
+                  file=sys.stderr)
+            return 2
+        if args.enable_uring and os.geteuid() != 0:
+            print("fusd bench: --enable-uring needs root", file=sys.stderr)
+            return 2
+        if not param and not args.enable_uring:
+            print("fusd bench: the kernel offers FUSE-over-io_uring only while "
+                  "/sys/module/fuse/parameters/enable_uring is Y: set it, or add --enable-uring (root)",
+                  file=sys.stderr)
+            return 2
 
     stopping: List[int] = []
 
@@ -265,7 +309,8 @@ def main(argv: Optional[List[str]] = None, out: IO[str] = sys.stdout) -> int:
     try:
         result = measure(device=args.device, pin=args.pin, transport=args.transport, iterations=iterations,
                          warmup=warmup, rounds=rounds, readers=args.readers, ops=ops, client=args.client,
-                         floors=not args.no_floors, refs=refs, progress=progress)
+                         floors=not args.no_floors, refs=refs, progress=progress,
+                         enable_uring=args.enable_uring and args.transport == "uring")
     except KeyboardInterrupt:
         print("fusd bench: interrupted (servers stopped, mounts removed)", file=sys.stderr)
         return 130

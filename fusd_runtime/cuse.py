@@ -409,13 +409,16 @@ class CuseServer(ServerBase):
 
 
 def open_server(transport: str = "auto", **kwargs: Any) -> Union[Server, CuseServer]:
-    """A server for ``transport``: "cuse", "fuse", or "auto" (CUSE where :func:`cuse_available`).
+    """A server for ``transport``: "cuse", "fuse", "uring" (FUSE over io_uring, see ``Server``),
+    or "auto" (CUSE where :func:`cuse_available`, else FUSE).
 
     ``kwargs`` go to the chosen class (``mountpoint=`` only means something to FUSE
     and is dropped for CUSE).  The result's ``transport`` attribute says which it is.
     """
-    if transport not in ("auto", "fuse", "cuse"):
-        raise ValueError(f"transport must be 'auto', 'fuse' or 'cuse', not {transport!r}")
+    if transport not in ("auto", "fuse", "uring", "cuse"):
+        raise ValueError(f"transport must be 'auto', 'fuse', 'uring' or 'cuse', not {transport!r}")
+    if transport == "uring":
+        return Server(transport="uring", **kwargs)
     if transport == "cuse" or (transport == "auto" and cuse_available()):
         if transport == "cuse" and not cuse_available():
             raise RuntimeError("CUSE is not available here: needs /dev/cuse (a kernel with CONFIG_CUSE) and root")

@@ -34,7 +34,7 @@ def _latency_us(call: Callable[[], Any], n: int) -> float:
 
 
 def make_server(transport: str, mountpoint: Optional[str]) -> Any:
-    """A server for ``transport`` ("auto", "fuse" or "cuse"); a clear exit if CUSE is asked for but absent."""
+    """A server for ``transport`` ("auto", "fuse", "uring" or "cuse"); a clear exit if CUSE is asked for but absent."""
     from .cuse import open_server
     try:
         return open_server(transport, mountpoint=mountpoint)

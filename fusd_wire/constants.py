@@ -42,8 +42,9 @@ FUSE_COMPAT_SETXATTR_IN_SIZE = 8
 FUSE_COMPAT_INIT_OUT_SIZE = 8
 FUSE_COMPAT_22_INIT_OUT_SIZE = 24
 
-FUSE_URING_IN_OUT_HEADER_SZ = 128
-FUSE_URING_OP_IN_OUT_SZ = 128
+# FUSE-over-io_uring (7.42): sizes of the two areas of ``struct fuse_uring_req_header``.
+FUSE_URING_IN_OUT_HEADER_SZ = 128  # fuse_in_header (fetch) / fuse_out_header (commit)
+FUSE_URING_OP_IN_OUT_SZ = 128  # the opcode's fixed request struct (in_args[0])
 
 
 class fuse_opcode(enum.IntEnum):
@@ -179,6 +180,19 @@ class InitFlags(enum.IntFlag):
 
 #: Obsolete name kept by the header for FUSE_DIRECT_IO_ALLOW_MMAP.
 FUSE_DIRECT_IO_RELAX = InitFlags.FUSE_DIRECT_IO_ALLOW_MMAP
+
+
+class fuse_uring_cmd(enum.IntEnum):
+    """``enum fuse_uring_cmd`` (7.42): ``io_uring_sqe.cmd_op`` of an IORING_OP_URING_CMD on /dev/fuse.
+
+    Each SQE's 80-byte command area (IORING_SETUP_SQE128) holds a ``fuse_uring_cmd_req``.
+    """
+
+    FUSE_IO_URING_CMD_INVALID = 0
+    # register the request buffer and fetch a fuse request
+    FUSE_IO_URING_CMD_REGISTER = 1
+    # commit fuse request result and fetch next request
+    FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2
 
 
 class CuseInitFlags(enum.IntFlag):
@@ -333,7 +347,7 @@ FUSE_DEV_IOC_SYNC_INIT = _IOC(_IOC_NONE, FUSE_DEV_IOC_MAGIC, 3, 0)  # _IO(229, 3
 CONSTANT_CLASSES: Dict[str, Type[enum.IntEnum] | Type[enum.IntFlag]] = {
     cls.__name__: cls
     for cls in (
-        fuse_opcode, fuse_notify_code, fuse_ext_type, InitFlags, CuseInitFlags, FattrFlags,
+        fuse_opcode, fuse_notify_code, fuse_ext_type, fuse_uring_cmd, InitFlags, CuseInitFlags, FattrFlags,
         FopenFlags, OpenInFlags, ReleaseFlags, GetattrFlags, LkFlags, WriteFlags, ReadFlags,
         IoctlFlags, PollFlags, FsyncFlags, AttrFlags, NotifyInvalEntryFlags, SetxattrFlags,
         SetupmappingFlags,

@@ -37,11 +37,13 @@ class FastStruct:
         name: the header's struct name (``fuse_read_in``).
         size: its size in bytes (``sizeof``).
         fields: the flat field names, nested ones as ``attr.ino``, arrays as ``unused[3]``.
+        offsets: each flat field's byte offset (``offsets["ring_ent_in_out.payload_sz"]``), for
+            code that reads or writes single fields of a struct in a shared buffer.
         record: the namedtuple type ``decode`` returns (nested structs as records,
             arrays as tuples).
     """
 
-    __slots__ = ("name", "size", "fields", "record", "struct", "unpack_from", "pack", "pack_into",
+    __slots__ = ("name", "size", "fields", "offsets", "record", "struct", "unpack_from", "pack", "pack_into",
                  "_to_record", "_flatten")
 
     def __init__(self, name: str, schema: cs.Construct) -> None:
@@ -52,6 +54,8 @@ class FastStruct:
         self.struct = struct.Struct("".join(fmt))
         self.size = self.struct.size
         self.fields = tuple(fields)
+        # _derive appends exactly one format item per flat field, in order
+        self.offsets = {f: struct.calcsize("<" + "".join(fmt[1:i + 1])) for i, f in enumerate(fields)}
         self.unpack_from: Callable[..., Tuple[Any, ...]] = self.struct.unpack_from
         self.pack: Callable[..., bytes] = self.struct.pack
         self.pack_into: Callable[..., None] = self.struct.pack_into

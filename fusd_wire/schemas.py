@@ -17,6 +17,8 @@ from typing import Dict
 
 import construct as cs
 
+from .constants import FUSE_URING_IN_OUT_HEADER_SZ, FUSE_URING_OP_IN_OUT_SZ
+
 u8, u16, u32, u64 = cs.Int8ul, cs.Int16ul, cs.Int32ul, cs.Int64ul
 s32, s64 = cs.Int32sl, cs.Int64sl
 
@@ -381,6 +383,11 @@ fuse_ext_header = cs.Struct("size" / u32, "type" / u32)
 # FUSE_EXT_GROUPS: followed by nr_groups uint32 group ids.
 fuse_supp_groups = cs.Struct("nr_groups" / u32)
 
+# FUSE-over-io_uring (7.42).  Per ring entry the daemon registers two buffers: this header
+# and a payload.  Fetch: the kernel writes fuse_in_header into in_out, the opcode's first
+# (fixed) argument into op_in, the rest into the payload, and ring_ent_in_out (commit_id =
+# the request's unique, payload_sz = payload bytes).  Commit: the daemon writes
+# fuse_out_header into in_out, the reply body into the payload and its size into payload_sz.
 fuse_uring_ent_in_out = cs.Struct(
     "flags" / u64,
     "commit_id" / u64,
@@ -390,11 +397,12 @@ fuse_uring_ent_in_out = cs.Struct(
 )
 
 fuse_uring_req_header = cs.Struct(
-    "in_out" / cs.Bytes(128),  # FUSE_URING_IN_OUT_HEADER_SZ
-    "op_in" / cs.Bytes(128),  # FUSE_URING_OP_IN_OUT_SZ
+    "in_out" / cs.Bytes(FUSE_URING_IN_OUT_HEADER_SZ),
+    "op_in" / cs.Bytes(FUSE_URING_OP_IN_OUT_SZ),
     "ring_ent_in_out" / fuse_uring_ent_in_out,
 )
 
+# In the 80-byte command area of an IORING_SETUP_SQE128 SQE (io_uring_sqe.cmd).
 fuse_uring_cmd_req = cs.Struct(
     "flags" / u64,
     "commit_id" / u64,

@@ -93,14 +93,42 @@ def no_leftover_mounts():
     assert not after, f"test left mounts behind: {after}"
 
 
-@pytest.fixture
-def server(no_leftover_mounts):
-    """A started FUSE Server in a temp dir; stopped (and unmounted) after the test."""
+def uring_skip_reason() -> str:
+    """Why the FUSE-over-io_uring transport cannot be tested here ('' if it can)."""
+    if not fuse_available():
+        return "needs root and /dev/fuse (kernel FUSE tier)"
+    from fusd_runtime.uring import enable_uring_parameter
+    if enable_uring_parameter() is None:
+        return "the kernel has no FUSE-over-io_uring (no /sys/module/fuse/parameters/enable_uring)"
+    return ""
+
+
+def start_server(transport: str = "fuse", **kwargs):
+    """A started Server; for "uring" with enable_uring Y while it starts (restored right after:
+    the connection keeps io_uring), and checked to really serve through the rings."""
+    from fusd_runtime import Server
+    srv = Server(transport=transport, **kwargs)
+    if transport == "uring":
+        from fusd_runtime.uring import uring_enabled
+        with uring_enabled():
+            srv.start()
+        if srv.transport != "uring":
+            srv.stop()
+            raise AssertionError("the kernel offered no FUSE-over-io_uring although enable_uring was Y")
+    else:
+        srv.start()
+    return srv
+
+
+@pytest.fixture(params=["fuse", "uring"])
+def server(request, no_leftover_mounts):
+    """A started FUSE Server in a temp dir, once per channel (read/write, io_uring); stopped
+    (and unmounted) after the test."""
     if not fuse_available():
         pytest.skip("needs root and /dev/fuse (kernel FUSE tier)")
-    from fusd_runtime import Server
-    srv = Server()
-    srv.start()
+    if request.param == "uring" and uring_skip_reason():
+        pytest.skip(uring_skip_reason())
+    srv = start_server(request.param)
     try:
         yield srv
     finally:

@@ -111,3 +111,15 @@ def test_encode_fills_missing_fields_with_zero_and_refuses_bad_values():
         FAST.fuse_out_header.encode({"len": -1})
     with pytest.raises(WireError):
         FAST.fuse_init_out.encode({"unused": [0] * 3})  # uint16_t unused[11]: wrong element count
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTS))
+def test_offsets_point_at_each_field(name):
+    """``offsets[f]`` is where the packed struct holds field ``f`` (first non-zero byte of a 1 in it)."""
+    fast = FAST[name]
+    zero = fast.struct.unpack(bytes(fast.size))
+    for i, field in enumerate(fast.fields):
+        values = list(zero)
+        values[i] = b"\x01" * len(zero[i]) if isinstance(zero[i], bytes) else 1
+        raw = fast.struct.pack(*values)
+        assert raw.index(1) == fast.offsets[field], f"{name}.{field}"

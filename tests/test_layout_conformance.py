@@ -342,3 +342,53 @@ def test_post_738_struct_vector(name):
     # The fast path derived from the schema agrees on the same bytes.
     assert FAST[name].encode(FAST[name].decode(raw)) == raw
     assert FAST[name].encode(value) == raw
+
+
+# ----------------------------------------------------------------------------------------------
+# FUSE-over-io_uring constants (7.42, unchanged in 7.45): not in the machine's 7.38 header.
+# Values as written in include/uapi/linux/fuse.h 7.45:
+#   #define FUSE_OVER_IO_URING (1ULL << 41)
+#   #define FUSE_URING_IN_OUT_HEADER_SZ 128
+#   #define FUSE_URING_OP_IN_OUT_SZ 128
+#   enum fuse_uring_cmd { FUSE_IO_URING_CMD_INVALID = 0, FUSE_IO_URING_CMD_REGISTER = 1,
+#                         FUSE_IO_URING_CMD_COMMIT_AND_FETCH = 2, };
+URING_CONSTANTS = {
+    "FUSE_OVER_IO_URING": 1 << 41,
+    "FUSE_URING_IN_OUT_HEADER_SZ": 128,
+    "FUSE_URING_OP_IN_OUT_SZ": 128,
+    "FUSE_IO_URING_CMD_INVALID": 0,
+    "FUSE_IO_URING_CMD_REGISTER": 1,
+    "FUSE_IO_URING_CMD_COMMIT_AND_FETCH": 2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(URING_CONSTANTS))
+def test_uring_constant_from_the_745_header(name):
+    from fusd_wire import constants as C
+    assert getattr(C, name) == URING_CONSTANTS[name]
+    if HEADER.exists():  # still absent from the machine's header: the hand value is the only source
+        assert not re.search(rf"\b{name}\b", HEADER.read_text())
+
+
+def test_uring_cmd_enum_is_complete_and_flag_travels_in_flags2():
+    from fusd_wire import constants as C
+    assert {m.name: int(m) for m in C.fuse_uring_cmd} == {
+        k: v for k, v in URING_CONSTANTS.items() if k.startswith("FUSE_IO_URING_CMD_")}
+    # bit 9 of fuse_init_in/out.flags2 (bits 32..63 of the flags are sent there, FUSE_INIT_EXT)
+    assert C.InitFlags.FUSE_OVER_IO_URING >> 32 == 1 << 9
+
+
+def test_uring_areas_follow_the_size_constants():
+    from fusd_wire import constants as C
+    header = schema_fields(STRUCTS["fuse_uring_req_header"])
+    assert header["in_out"][:2] == (0, C.FUSE_URING_IN_OUT_HEADER_SZ)
+    assert header["op_in"][:2] == (C.FUSE_URING_IN_OUT_HEADER_SZ, C.FUSE_URING_OP_IN_OUT_SZ)
+    assert header["ring_ent_in_out"][:2] == (256, 32)
+    # the fuse headers and the largest fixed request struct fit their areas
+    assert STRUCTS["fuse_in_header"].sizeof() <= C.FUSE_URING_IN_OUT_HEADER_SZ
+    assert STRUCTS["fuse_out_header"].sizeof() <= C.FUSE_URING_IN_OUT_HEADER_SZ
+    from fusd_wire.opcodes import OPS
+    fixed = [STRUCTS[spec.fixed_request].sizeof() for spec in OPS.values() if spec.fixed_request]
+    assert max(fixed) <= C.FUSE_URING_OP_IN_OUT_SZ
+    # the command fits the 80-byte command area of a 128-byte SQE (io_uring_sqe.cmd at offset 48)
+    assert STRUCTS["fuse_uring_cmd_req"].sizeof() <= 128 - 48

@@ -477,7 +477,8 @@ def test_close_sends_flush_only_to_devices_with_a_flush_callback(server: Server)
     flushes: list = []
     handlers = server.session.handlers
     original = handlers[fuse_opcode.FUSE_FLUSH]
-    handlers[fuse_opcode.FUSE_FLUSH] = lambda *args: (flushes.append(args[2]), original(*args))[1]
+    handlers[fuse_opcode.FUSE_FLUSH] = lambda *args: (flushes.append(args[3]), original(*args))[1]
+    server.session.build_dispatch()  # the readers dispatch through a list made from ``handlers``
     server.add(Hello(), "plain")
     rec = server.add(Recorder(), "rec")
     for name in ("plain", "plain", "rec"):

@@ -52,9 +52,9 @@ def measure_variant(cmd: str, client: str, ops: List[str], low: int, high: int) 
     os.mkdir(mnt)
     command = cmd.replace("{mnt}", mnt)
     # cwd="/": ``python -m`` puts the working directory first on sys.path, which would shadow PYTHONPATH
-    proc = subprocess.Popen(["bash", "-c", f"exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file={base}/cg.%p "
-                             f"{command}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, cwd="/")
+    valgrind = f"exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file={base}/cg.%p"
+    proc = subprocess.Popen(["bash", "-c", f"{valgrind} {command}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
     target = os.path.join(mnt, "dev0")
     result: Dict[str, Tuple[float, float]] = {}
     try:

@@ -34,6 +34,7 @@ more:
   fusd -v serve -f sensor.py:Sensor /tmp/devs      log mounts, devices and the negotiated protocol (-vv: more)
   fusd serve gps.py:Gps --arg rate=2 -o allow_other,ro --mode 0640 --gid dialout /tmp/devs
   fusd serve --transport cuse modem.py:make_modem  a /dev node made by a factory (root, a kernel with CUSE)
+  fusd serve --transport uring sensor.py:Sensor /tmp/devs   through FUSE-over-io_uring, a ring per CPU
 
 mount options (-o, comma-separated):
   allow_other          other users may open the devices (as a user: needs user_allow_other in /etc/fuse.conf)
@@ -73,8 +74,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--mode", help="permission bits of the device file, octal (default: the device's, 0666)")
     p.add_argument("--uid", help="owner of the device file: a user name or number (default: the server's)")
     p.add_argument("--gid", help="group of the device file: a group name or number (default: the server's)")
-    p.add_argument("--transport", choices=["auto", "fuse", "cuse"], default="auto",
-                   help="auto: CUSE where /dev/cuse exists and we are root, else a FUSE directory")
+    p.add_argument("--transport", choices=["auto", "fuse", "uring", "cuse"], default="auto",
+                   help="auto: CUSE where /dev/cuse exists and we are root, else a FUSE directory; uring: a FUSE "
+                        "directory served through FUSE-over-io_uring (the kernel offers it while "
+                        "/sys/module/fuse/parameters/enable_uring is Y; else read/write, with a warning)")
     p.add_argument("--readers", type=int, help="reader threads (the same as -o readers=N)")
     p.add_argument("--record", metavar="FILE.pcapng", help="record every message to a pcapng capture")
     p.add_argument("-d", "--debug", action="store_true",
