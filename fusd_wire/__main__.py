@@ -24,14 +24,17 @@ DECODE_EXAMPLE = """example:
 
 def build_parser() -> argparse.ArgumentParser:
     from .trace.command import add_decode_arguments
+    from .trace.strace import RECOMMENDED
 
     parser = argparse.ArgumentParser(prog="python -m fusd_wire", description="FUSE/CUSE wire protocol tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     dec = sub.add_parser("decode", help="decode a capture into libfuse -d-like text, JSON lines or stats",
-                         description="Decode a FUSE capture: our pcapng, or strace -f -xx -s 1048576 "
-                                     "-e trace=read,readv,write,writev output of any FUSE daemon.",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DECODE_EXAMPLE)
+                         description="Decode a FUSE capture: our pcapng, or the strace log of any FUSE daemon "
+                                     "(docs/traces.md). Exit 0: decoded cleanly, nothing missing; 1: problems or "
+                                     "losses, each reported on stderr with its block/line; 2: usage or read error.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=DECODE_EXAMPLE + f"  {RECOMMENDED}\n  python -m fusd_wire decode daemon.strace\n")
     add_decode_arguments(dec)
     dec.set_defaults(run=_decode, parser_=dec)
     tap = sub.add_parser("tap", help="run an unmodified FUSE daemon behind a recording relay (root)",

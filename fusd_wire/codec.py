@@ -23,6 +23,7 @@ expected there.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import io
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -31,15 +32,18 @@ import construct as cs
 
 from . import constants as C
 from .errors import WireError
+from .fastdecode import container_reader
 from .fastpath import FAST, FastStruct
-from .layouts import fast_layout
+from .layouts import fast_layout, layout
 from .opcodes import NOTIFICATIONS, OPS, NotifySpec, OpSpec
-from .parts import EXTENSIONS, Name, Part, merge_fields, strip_io
+from .parts import EXTENSIONS, Data, Name, Part, merge_fields, strip_io
 
 IN_HEADER_SIZE = FAST.fuse_in_header.size
 OUT_HEADER_SIZE = FAST.fuse_out_header.size
 _IN_HEADER = FAST.fuse_in_header
 _OUT_HEADER = FAST.fuse_out_header
+_READ_IN_HEADER = container_reader(layout("fuse_in_header"), "fuse_in_header")
+_READ_OUT_HEADER = container_reader(layout("fuse_out_header"), "fuse_out_header")
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -54,22 +58,22 @@ class Request:
     @property
     def opcode(self) -> int:
         """The opcode (``fuse_in_header.opcode``)."""
-        return self.header.opcode
+        return self.header["opcode"]  # type: ignore[no-any-return]
 
     @property
     def unique(self) -> int:
         """The request id its reply carries (``fuse_in_header.unique``)."""
-        return self.header.unique
+        return self.header["unique"]  # type: ignore[no-any-return]
 
     @property
     def name(self) -> str:
         """The opcode's short name: ``READ``, ``CUSE_INIT``."""
-        return C.opcode_name(self.header.opcode)
+        return C.opcode_name(self.header["opcode"])
 
     @property
     def spec(self) -> Optional[OpSpec]:
         """The opcode's table entry; None for an opcode the table does not know."""
-        return OPS.get(self.header.opcode)
+        return OPS.get(self.header["opcode"])
 
 
 @dataclass
@@ -83,12 +87,12 @@ class Reply:
     @property
     def unique(self) -> int:
         """The id of the request this answers."""
-        return self.header.unique
+        return self.header["unique"]  # type: ignore[no-any-return]
 
     @property
     def error(self) -> int:
         """0, or a negative errno (``fuse_out_header.error``)."""
-        return self.header.error
+        return self.header["error"]  # type: ignore[no-any-return]
 
     @property
     def name(self) -> str:
@@ -142,6 +146,7 @@ class Codec:
         self.minor = minor
         self.flags = flags
         self.strict = strict
+        self._structs: Dict[str, Tuple[int, Any]] = {}  # struct name -> (size, fast Container reader)
 
     def __repr__(self) -> str:
         return f"Codec(minor={self.minor}, flags={self.flags:#x}, strict={self.strict})"
@@ -158,14 +163,14 @@ class Codec:
         if len(data) < IN_HEADER_SIZE:
             raise WireError(f"fuse_in_header needs {IN_HEADER_SIZE} bytes, {len(data)} available",
                             offset=0, expected="fuse_in_header")
-        header = strip_io(cs.Container(_layout_parse("fuse_in_header", data[:IN_HEADER_SIZE])))
-        opcode, unique = header.opcode, header.unique
-        if header.len != len(data):
-            raise WireError(f"fuse_in_header.len is {header.len} but the message has {len(data)} bytes",
+        header = _READ_IN_HEADER(data, 0)
+        opcode, unique = header["opcode"], header["unique"]
+        if header["len"] != len(data):
+            raise WireError(f"fuse_in_header.len is {header['len']} but the message has {len(data)} bytes",
                             opcode=opcode, unique=unique, offset=0, expected="len == message size")
         end = len(data)
         extensions: List[Any] = []
-        if self.minor >= 38 and header.total_extlen:
+        if header["total_extlen"] and self.minor >= 38:
             extlen = header.total_extlen * 8
             if extlen > end - IN_HEADER_SIZE:
                 raise WireError(f"total_extlen {header.total_extlen} (x8 bytes) exceeds the body of "
@@ -179,8 +184,9 @@ class Codec:
                 raise WireError(f"unknown opcode {opcode}", opcode=opcode, unique=unique, offset=4,
                                 expected="a known fuse_opcode")
             return Request(header, cs.Container(data=data[IN_HEADER_SIZE:end]), extensions)
-        ctx = self._context_for(spec, data[IN_HEADER_SIZE:end], request=None, reply=False)
-        body = self._decode_parts(spec.request, data[IN_HEADER_SIZE:end], IN_HEADER_SIZE, ctx, opcode, unique)
+        raw = data[IN_HEADER_SIZE:end]
+        ctx = self._context_for(spec, raw, request=None, reply=False)
+        body = self._decode_parts(spec.request, raw, IN_HEADER_SIZE, ctx, opcode, unique)
         return Request(header, body, extensions)
 
     def encode_request(self, opcode: int, body: Optional[Mapping[str, Any]] = None, *, unique: int,
@@ -215,10 +221,10 @@ class Codec:
         data = bytes(buf)
         opcode = request.opcode if isinstance(request, Request) else int(request)
         header = self._out_header(data, opcode)
-        if header.unique == 0:
+        if header["unique"] == 0:
             raise WireError("unique 0 is a notification, not a reply", opcode=opcode, offset=8,
                             expected="the request's unique")
-        if header.error:
+        if header["error"]:
             return self._error_reply(header, data, opcode)
         spec = OPS.get(opcode)
         if spec is None or spec.reply is None:
@@ -227,8 +233,9 @@ class Codec:
                                 expected="no message")
             return Reply(header, opcode, cs.Container(data=data[OUT_HEADER_SIZE:]))
         req_body = request.body if isinstance(request, Request) else None
-        ctx = self._context_for(spec, data[OUT_HEADER_SIZE:], request=req_body, reply=True)
-        body = self._decode_parts(spec.reply, data[OUT_HEADER_SIZE:], OUT_HEADER_SIZE, ctx, opcode, header.unique)
+        raw = data[OUT_HEADER_SIZE:]
+        ctx = self._context_for(spec, raw, request=req_body, reply=True)
+        body = self._decode_parts(spec.reply, raw, OUT_HEADER_SIZE, ctx, opcode, header["unique"])
         return Reply(header, opcode, body)
 
     def encode_reply(self, request: Union[Request, int], body: Optional[Mapping[str, Any]] = None, *,
@@ -316,8 +323,8 @@ class Codec:
         if len(data) < OUT_HEADER_SIZE:
             raise WireError(f"fuse_out_header needs {OUT_HEADER_SIZE} bytes, {len(data)} available",
                             opcode=opcode, offset=0, expected="fuse_out_header")
-        header = strip_io(cs.Container(_layout_parse("fuse_out_header", data[:OUT_HEADER_SIZE])))
-        if header.len != len(data):
+        header = _READ_OUT_HEADER(data, 0)
+        if header["len"] != len(data):
             raise WireError(f"fuse_out_header.len is {header.len} but the message has {len(data)} bytes",
                             opcode=opcode, unique=header.unique, offset=0, expected="len == message size")
         return header
@@ -341,41 +348,70 @@ class Codec:
 
     def _decode_parts(self, parts: Sequence[Part], data: bytes, base: int, ctx: PartContext,
                       opcode: Optional[int], unique: Optional[int], what: Optional[str] = None) -> Any:
-        stream = io.BytesIO(data)
+        # Fixed structs, names and payloads (nearly every message) are cut out directly,
+        # structs with the derived fast reader (fastdecode: the same Containers construct
+        # builds); the variable parts (dirent lists, arrays, blobs) go through construct.
         body = ctx.parts
         total = len(data)
+        pos = 0
+        stream: Optional[io.BytesIO] = None
         for part in parts:
             if part.when is not None and not part.when(ctx):
                 body[part.name] = None
                 continue
-            pos = stream.tell()
-            con = part.construct(ctx)
+            start = pos
             if part.struct_name is not None:
-                need = con.sizeof()
+                need, read = self._struct(part.struct_name, ctx)
                 if total - pos < need:
                     raise WireError(f"{part.struct_name} needs {need} bytes, {total - pos} available",
                                     opcode=opcode, unique=unique, offset=base + pos, expected=part.struct_name)
-            try:
-                value = con.parse_stream(stream)
-            except cs.ConstructError as exc:
-                msg = "no NUL terminator before the end of the message" if isinstance(part, Name) \
-                    else _construct_message(exc)
-                raise WireError(f"{part.describe()}: {msg}", opcode=opcode, unique=unique,
-                                offset=base + pos, expected=part.describe()) from None
-            body[part.name] = strip_io(value)
+                value = read(data, pos)
+                pos += need
+            elif isinstance(part, Name):
+                end = data.find(b"\0", pos)
+                if end < 0:
+                    raise WireError(f"{part.describe()}: no NUL terminator before the end of the message",
+                                    opcode=opcode, unique=unique, offset=base + pos, expected=part.describe())
+                value = data[pos:end]
+                pos = end + 1
+            elif isinstance(part, Data):
+                value = data[pos:]
+                pos = total
+            else:
+                if stream is None:
+                    stream = io.BytesIO(data)
+                stream.seek(pos)
+                try:
+                    value = strip_io(part.construct(ctx).parse_stream(stream))
+                except cs.ConstructError as exc:
+                    raise WireError(f"{part.describe()}: {_construct_message(exc)}", opcode=opcode, unique=unique,
+                                    offset=base + pos, expected=part.describe()) from None
+                pos = stream.tell()
+            body[part.name] = value
             if part.length is not None:
                 holder, fld = part.length
                 declared = body[holder][fld]
                 if declared != len(value):
                     raise WireError(f"{holder}.{fld} is {declared} but the {part.name} has {len(value)} bytes",
-                                    opcode=opcode, unique=unique, offset=base + pos,
+                                    opcode=opcode, unique=unique, offset=base + start,
                                     expected=f"{part.name} of {holder}.{fld} bytes")
-        rest = total - stream.tell()
+        rest = total - pos
         if rest:
             last = parts[-1].describe() if parts else "the header"
             raise WireError(f"{rest} unexpected bytes after {last}", opcode=opcode, unique=unique,
-                            offset=base + stream.tell(), expected="end of message")
+                            offset=base + pos, expected="end of message")
         return body
+
+    def _struct(self, name: str, ctx: PartContext) -> Tuple[int, Any]:
+        """(size, fast reader) of a struct part at the context's minor and flags (cached per codec)."""
+        if ctx.minor == self.minor and ctx.flags == self.flags:
+            hit = self._structs.get(name)
+            if hit is None:
+                con = layout(name, self.minor, self.flags)
+                hit = self._structs[name] = (con.sizeof(), container_reader(con, name))
+            return hit
+        con = layout(name, ctx.minor, ctx.flags)  # INIT states its own minor
+        return con.sizeof(), container_reader(con, name)
 
     def _build_part(self, con: Any, value: Any, opcode: Optional[int], what: str) -> bytes:
         try:
@@ -425,11 +461,6 @@ class Codec:
         return b"".join(out)
 
 
-def _layout_parse(name: str, raw: bytes) -> Any:
-    from .schemas import STRUCTS
-    return STRUCTS[name].parse(raw)
-
-
 def _stated_minor(body: Any) -> Optional[int]:
     """The ``minor`` an INIT body states (raw bytes or a mapping), if it states one."""
     if isinstance(body, (bytes, bytearray, memoryview)):
@@ -466,9 +497,10 @@ class Conversation:
     def request(self, buf: Buffer) -> Request:
         """Decode a kernel -> daemon message and remember it until its reply."""
         req = self.codec.decode_request(buf)
-        spec = req.spec
-        if spec is None or spec.has_reply:
-            self.pending[req.unique] = req
+        h = req.header
+        spec = OPS.get(h["opcode"])
+        if spec is None or spec.reply is not None:
+            self.pending[h["unique"]] = req
         return req
 
     def from_daemon(self, buf: Buffer) -> Tuple[Union[Reply, Notification], Optional[Request]]:
@@ -476,17 +508,27 @@ class Conversation:
         if len(buf) >= OUT_HEADER_SIZE and _OUT_HEADER.unpack_from(buf)[2] == 0:
             return self.codec.decode_notify(buf), None
         unique = _OUT_HEADER.unpack_from(buf)[2] if len(buf) >= OUT_HEADER_SIZE else None
-        req = self.pending.pop(unique, None) if unique is not None else None
-        msg = self.codec.decode_from_daemon(buf, req)
-        if req is not None and isinstance(msg, Reply) and not msg.error:
-            if req.opcode == C.fuse_opcode.FUSE_INIT:
+        req = self.pending.get(unique) if unique is not None else None
+        if req is None:
+            return self.codec.decode_from_daemon(buf, None), None  # raises: a reply needs its request
+        return self.answer(buf, req), req
+
+    def answer(self, buf: Buffer, req: Request) -> Reply:
+        """Decode the reply to ``req`` (a pending request the caller found by unique), forget
+        the request, follow INIT.  The request is forgotten even when the reply is refused."""
+        self.pending.pop(req.unique, None)
+        msg = self.codec.decode_reply(buf, req)
+        if not msg.error:
+            op = req.opcode
+            if op == C.fuse_opcode.FUSE_INIT:
                 self.codec = self.codec.negotiated(msg.body.fuse_init_out)
-            elif req.opcode == C.fuse_opcode.CUSE_INIT:
+            elif op == C.fuse_opcode.CUSE_INIT:
                 out = msg.body.cuse_init_out
                 self.codec = Codec(min(out.minor, self.codec.minor), out.flags, strict=self.codec.strict)
-        return msg, req
+        return msg
 
 
+@functools.lru_cache(maxsize=1024)
 def errno_name(error: int) -> str:
     """``-2`` -> ``ENOENT``; 0 -> ``OK``; unknown -> the number."""
     if error == 0:

@@ -18,6 +18,7 @@ which mypy checks name by name.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Dict, List, Type
 
 FUSE_KERNEL_VERSION = 7
@@ -377,6 +378,7 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(HEADER_NAMES))
 
 
+@functools.lru_cache(maxsize=1024)
 def opcode_name(opcode: int) -> str:
     """The libfuse ``-d`` style short name of an opcode: ``READ``, ``CUSE_INIT``, ``OPCODE_99``."""
     try:
@@ -386,6 +388,7 @@ def opcode_name(opcode: int) -> str:
     return name[5:] if name.startswith("FUSE_") else name
 
 
+@functools.lru_cache(maxsize=256)
 def notify_name(code: int) -> str:
     """Short name of a notification code: ``POLL``, ``INVAL_INODE``, ``NOTIFY_99``."""
     try:

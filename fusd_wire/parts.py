@@ -13,12 +13,14 @@ the request asked for size 0, the value otherwise).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import construct as cs
 
 from . import constants as C
 from .errors import WireError
+from .fastdecode import container_reader
 from .layouts import layout
 from .schemas import fuse_dirent, fuse_secctx, fuse_supp_groups
 
@@ -185,6 +187,7 @@ class _DirentList(cs.Construct):
         self.fixed = fixed
         self.plus = plus
         self.fixed_size = fixed.sizeof()
+        self.read_fixed = container_reader(fixed, "fuse_direntplus" if plus else "fuse_dirent")
 
     def _dirent(self, entry):
         return entry.dirent if self.plus else entry
@@ -197,7 +200,7 @@ class _DirentList(cs.Construct):
             if len(data) - pos < self.fixed_size:
                 raise cs.ExplicitError(f"dirent at +{pos}: {len(data) - pos} bytes left, a record needs "
                                        f"{self.fixed_size}")
-            entry = self.fixed.parse(data[pos:pos + self.fixed_size])
+            entry = self.read_fixed(data, pos)
             d = self._dirent(entry)
             end = pos + self.fixed_size + d.namelen
             if end > len(data):
@@ -207,7 +210,6 @@ class _DirentList(cs.Construct):
             if pos + reclen > len(data):
                 raise cs.ExplicitError(f"dirent at +{pos}: record of {reclen} bytes (with alignment) runs past "
                                        "the end")
-            entry.pop("_io", None)
             out.append(entry)
             pos += reclen
         return out
@@ -244,6 +246,13 @@ def strip_io(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _dirent_list(minor: int, plus: bool) -> _DirentList:
+    """The dirent list construct of a minor (cached: its fast reader is derived once)."""
+    fixed = cs.Struct("entry_out" / layout("fuse_entry_out", minor), "dirent" / fuse_dirent) if plus else fuse_dirent
+    return _DirentList(fixed, plus)
+
+
 class Dirents(Part):
     """READDIR/READDIRPLUS reply: a list of dirents (``plus``: each after a fuse_entry_out)."""
 
@@ -252,9 +261,7 @@ class Dirents(Part):
         self.plus = plus
 
     def construct(self, ctx: Any) -> cs.Construct:
-        fixed = cs.Struct("entry_out" / layout("fuse_entry_out", ctx.minor), "dirent" / fuse_dirent) \
-            if self.plus else fuse_dirent
-        return _DirentList(fixed, self.plus)
+        return _dirent_list(ctx.minor if self.plus else 0, self.plus)
 
     def describe(self) -> str:
         return "fuse_direntplus list" if self.plus else "fuse_dirent list"

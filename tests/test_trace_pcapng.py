@@ -172,3 +172,92 @@ def test_tshark_reads_directions_timestamps_comments(tmp_path):
     assert rows[0][1].startswith("1700000000.123456789")
     assert [int(row[2]) for row in rows] == [40, 16, 41, 17]
     assert rows[3][3] == "reply 1"
+
+
+# ---------------------------------------------------------------------------------- resynchronising
+def _big(tmp_path, n=200):
+    path = tmp_path / "big.pcapng"
+    _capture(path, n=n, conns=("c",))
+    raw = path.read_bytes()
+    return raw, list(BlockReader(raw))
+
+
+def _read(raw, **kw):
+    problems = []
+    recs = list(open_capture(raw, problems.append, format="pcapng", **kw))
+    return recs, [str(p) for p in problems], problems
+
+
+@pytest.mark.parametrize("length", [0x7FFFFFF0, 0xFFFFFFFC, (64 << 20) + 4])
+def test_a_huge_block_length_costs_one_block(tmp_path, length):
+    """A corrupt length field used to end the decode ("capture cut mid-block") with megabytes left."""
+    raw, pkts = _big(tmp_path)
+    bad = pkts[3]
+    damaged = raw[:bad.offset + 4] + struct.pack("<I", length) + raw[bad.offset + 8:]
+    recs, msgs, problems = _read(damaged)
+    assert len(recs) == len(pkts) - 1  # everything but the damaged packet
+    assert [r.data for r in recs] == [p.data for p in pkts if p is not bad]
+    (msg,) = msgs
+    nxt = pkts[4].offset
+    assert msg.startswith(f"block {bad.block}, offset {bad.offset}: ")
+    assert f"skipped {nxt - bad.offset} bytes to the next valid block at offset {nxt}" in msg
+
+
+def test_length_past_the_end_with_blocks_after_it(tmp_path):
+    raw, pkts = _big(tmp_path, n=20)
+    bad = pkts[5]
+    damaged = raw[:bad.offset + 4] + struct.pack("<I", len(raw) + 4000) + raw[bad.offset + 8:]
+    recs, msgs, _ = _read(damaged)
+    assert len(recs) == len(pkts) - 1
+    assert "a damaged length, since a valid block follows" in msgs[0] and f"offset {pkts[6].offset}" in msgs[0]
+
+
+def test_every_skipped_region_is_reported_with_offsets(tmp_path):
+    raw, pkts = _big(tmp_path, n=30)
+    a, b = pkts[4].offset, pkts[20].offset
+    damaged = raw[:a] + b"\xee" * 100 + raw[a:b] + b"\x01\x02\x03\x04" * 7 + raw[b:]
+    recs, msgs, problems = _read(damaged)
+    assert len(recs) == len(pkts)  # garbage between blocks loses nothing
+    assert [p.offset for p in problems] == [a, b + 100]
+    assert "skipped 100 bytes to the next valid block at offset" in msgs[0]
+    assert "skipped 28 bytes" in msgs[1]
+
+
+def test_garbage_to_the_end(tmp_path):
+    raw, pkts = _big(tmp_path, n=5)
+    recs, msgs, _ = _read(raw + b"\x06\x00\x00\x00" + b"\xab" * 50)
+    assert len(recs) == len(pkts)
+    assert msgs == [f"block {len(pkts) + 2}, offset {len(raw)}: block type 0x6 has impossible length 2880154539; "
+                    "no valid block in the 54 bytes after it (to the end of the file)"]
+
+
+def test_short_file_with_the_section_magic():
+    """Used to say "first block type 0a0d0d0a, expected 0a0d0d0a"."""
+    recs, msgs, _ = _read(b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00\x4d\x3c")
+    assert recs == []
+    assert msgs == ["block 0, offset 0: file of 10 bytes starts like a pcapng section header but is too short "
+                    "for one (28 bytes at least)"]
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1000, 1 << 20])
+def test_reading_a_stream_in_chunks_equals_reading_bytes(tmp_path, monkeypatch, chunk):
+    """The file reader keeps a window of CHUNK bytes: blocks and damage across window edges read the same."""
+    from fusd_wire.trace import pcapng
+    raw, pkts = _big(tmp_path, n=40)
+    damaged = raw[:pkts[7].offset + 4] + b"\xff\xff\xff\x7f" + raw[pkts[7].offset + 8:pkts[30].offset] + \
+        b"junk" * 9 + raw[pkts[30].offset:-5]
+    want_recs, want_msgs, _ = _read(damaged)
+    monkeypatch.setattr(pcapng, "CHUNK", chunk)
+    got_recs, got_msgs, _ = _read(io.BufferedReader(io.BytesIO(damaged), 16))
+    assert [(r.data, r.index, r.offset, r.timestamp_ns, r.direction) for r in got_recs] == \
+        [(r.data, r.index, r.offset, r.timestamp_ns, r.direction) for r in want_recs]
+    assert got_msgs == want_msgs and len(want_msgs) == 3
+
+
+def test_cut_packets_are_incomplete_records(tmp_path):
+    """A packet shorter than its original length is a record with ``missing`` (the decoder reports it)."""
+    body = struct.pack("<IIIII", 0, 0, 1, 20, 120) + bytes(20) + struct.pack("<HHIHH", 2, 4, 1, 0, 0)
+    epb = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    raw = section_header() + interface_description("fuse0") + epb
+    recs, msgs, _ = _read(raw)
+    assert msgs == [] and recs[0].missing == 100 and recs[0].size == 120 and "snap length" in recs[0].why

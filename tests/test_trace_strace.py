@@ -19,6 +19,7 @@ from test_trace_decode import conversation, run_cli
 from fusd_wire import Codec
 from fusd_wire import constants as C
 from fusd_wire.trace import INBOUND, Decoder, open_capture
+from fusd_wire.trace.strace import DEFAULT_S, TRACE_SET
 
 
 def hx(b: bytes) -> str:
@@ -312,7 +313,7 @@ def test_real_libfuse_daemon_under_strace(hello_ll, tmp_path):
     mnt.mkdir()
     log, dlog = tmp_path / "strace.txt", tmp_path / "d.log"
     with open(dlog, "wb") as dlog_f:
-        proc = subprocess.Popen(["strace", "-f", "-xx", "-e", "trace=read,readv,write,writev", "-s", "1048576",
+        proc = subprocess.Popen(["strace", "-f", "-ttt", "-xx", "-s", str(DEFAULT_S), "-e", f"trace={TRACE_SET}",
                                  "-o", str(log), str(hello_ll), "-d", "-f", "-s", str(mnt)],
                                 stdout=subprocess.DEVNULL, stderr=dlog_f, start_new_session=True)
     try:

@@ -1,8 +1,10 @@
 """``python -m fusd_wire decode``: options, filters, output, exit status.
 
 Exit status: 0 when the whole capture decoded cleanly, 1 when anything was wrong with
-it (each problem is printed on stderr with its block/line and offset, and decoding
-carried on), 2 for usage errors (bad options, unreadable file).
+it or is missing from it -- each problem is printed on stderr with its block/line and
+offset, decoding carries on, and a summary line ends the report (requests without a
+reply, replies without a request, incomplete messages) -- and 2 for usage errors (bad
+options, unreadable file).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Filter:
         self.errors = args.errors
         self.since = None if args.since is None else int(args.since * 1e9)
         self.until = None if args.until is None else int(args.until * 1e9)
+        self.active = not (self.opcodes is None and self.uniques is None and self.nodeids is None
+                           and self.pids is None and not self.errors and self.since is None and self.until is None)
 
     def in_time(self, ev: Event, origin: Optional[int]) -> bool:
         ts = ev.record.timestamp_ns
@@ -105,32 +109,20 @@ class Filter:
         return self.pids is None or h.pid in self.pids
 
 
-def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Optional[IO[str]] = None,
-               err: Optional[IO[str]] = None) -> int:
-    """The decode command; returns the exit status."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    problems: List[CaptureError] = []
-
-    def report(e: CaptureError) -> None:
-        problems.append(e)
-        print(f"{args.file}: {e}", file=err)
-
-    flt = Filter(args, parser)
-    try:
-        capture = open_capture(args.file, report, format=args.format)
-    except OSError as exc:
-        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=err)
-        return 2
-    decoder = Decoder(capture, report)
-    stats = Stats() if args.stats else None
+def _show(decoder: Decoder, flt: Filter, stats: Optional[Stats], args: argparse.Namespace,
+          out: IO[str]) -> Optional[int]:
+    """Write (or count) the selected events; returns the first timestamp (the time origin)."""
     origin: Optional[int] = None
     held = {}  # --errors: (conn, unique) -> request event, shown only if its reply fails
     write = out.write
-    for ev in decoder:
+    if stats is not None and not flt.active:  # the common --stats run: nothing to select
+        add = stats.add
+        for ev in decoder:
+            add(ev)
+    for ev in decoder if stats is None or flt.active else ():
         if origin is None and ev.record.timestamp_ns is not None:
             origin = ev.record.timestamp_ns
-        if not flt.selects(ev) or not flt.in_time(ev, origin):
+        if flt.active and (not flt.selects(ev) or not flt.in_time(ev, origin)):
             continue
         if flt.errors:
             if ev.kind == REQUEST:
@@ -153,15 +145,47 @@ def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: O
                 write("\n".join(text_lines(e, limit=args.max_bytes, origin_ns=origin if args.time else None)) + "\n")
         if flt.errors and len(held) > 100_000:  # never-answered requests must not grow without bound
             held.clear()
+    return origin
+
+
+def run_decode(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Optional[IO[str]] = None,
+               err: Optional[IO[str]] = None) -> int:
+    """The decode command; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    problems: List[CaptureError] = []
+
+    def report(e: CaptureError) -> None:
+        problems.append(e)
+        print(f"{args.file}: {e}", file=err)
+
+    flt = Filter(args, parser)
+    try:
+        capture = open_capture(args.file, report, format=args.format)
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=err)
+        return 2
+    decoder = Decoder(capture, report, bodies=not args.stats)  # counting needs headers only
+    stats = Stats() if args.stats else None
+    try:
+        origin = _show(decoder, flt, stats, args, out)
+    except BrokenPipeError:
+        raise  # the reader went away (| head): the caller ends quietly
+    except OSError as exc:  # the file went away or failed under us: not the capture's fault
+        print(f"{args.file}: read error: {exc.strerror or exc}", file=err)
+        return 2
     if stats is not None:
         if args.json:
             import json
             for row in stats.rows():
-                write(json.dumps(row) + "\n")
+                out.write(json.dumps(row) + "\n")
         else:
-            write(stats.table() + "\n")
+            out.write(stats.table() + "\n")
+    summary = decoder.finish()  # reports the requests that never got a reply
     if (args.since is not None or args.until is not None) and origin is None:
         print(f"{args.file}: warning: the capture has no timestamps; --since/--until ignored", file=err)
+    if problems:
+        print(f"{args.file}: {summary.line()}; {len(problems)} problem(s) reported above", file=err)
     return 1 if problems else 0
 
 

@@ -18,7 +18,6 @@ __all__ = ["INBOUND", "OUTBOUND", "CaptureError", "Connection", "Record", "Probl
 ProblemHandler = Callable[[CaptureError], None]
 
 
-@dataclass
 class Record:
     """One FUSE message as captured.
 
@@ -27,30 +26,57 @@ class Record:
         direction: ``INBOUND`` (kernel -> daemon) or ``OUTBOUND`` (daemon -> kernel).
         timestamp_ns: nanoseconds since the epoch (or since an unknown origin for strace
             ``-r``); None when the capture has no times (strace without ``-t``).
-        data: the raw message bytes.
+        data: the raw message bytes the capture holds (all of them unless ``missing``).
         index: block number (pcapng) or line number (strace), for messages.
         offset: byte offset in the file where the record starts.
         where: ``"block"`` or ``"line"``: what ``index`` counts.
-        comment: the packet comment, if any.
+        comment: the packet comment, if any (strace: ``= -1 ENOENT`` for a write that failed).
+        missing: bytes of the message that are not in the capture (it is ``len(data) +
+            missing`` long): a packet cut by a snap length, a string cut by ``strace -s``,
+            a body that went through a pipe with ``splice(2)``.  0: complete.
+        why: for an incomplete message, why its bytes are missing (shown by the decoder).
     """
 
-    conn: int
-    direction: int
-    timestamp_ns: Optional[int]
-    data: bytes
-    index: int = 0
-    offset: int = 0
-    where: str = "block"
-    comment: str = ""
+    __slots__ = ("conn", "direction", "timestamp_ns", "data", "index", "offset", "where", "comment", "missing", "why")
+
+    def __init__(self, conn: int, direction: int, timestamp_ns: Optional[int], data: bytes, index: int = 0,
+                 offset: int = 0, where: str = "block", comment: str = "", missing: int = 0, why: str = "") -> None:
+        self.conn = conn
+        self.direction = direction
+        self.timestamp_ns = timestamp_ns
+        self.data = data
+        self.index = index
+        self.offset = offset
+        self.where = where
+        self.comment = comment
+        self.missing = missing
+        self.why = why
 
     @property
     def inbound(self) -> bool:
         """True for kernel -> daemon messages (requests)."""
         return self.direction == INBOUND
 
+    @property
+    def size(self) -> int:
+        """The message's length on the wire (``len(data) + missing``)."""
+        return len(self.data) + self.missing
+
     def location(self) -> str:
         """``block 7, offset 1234`` -- for messages about this record."""
         return f"{self.where} {self.index}, offset {self.offset}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        extra = f", missing={self.missing}, why={self.why!r}" if self.missing else ""
+        return (f"Record(conn={self.conn}, direction={self.direction}, timestamp_ns={self.timestamp_ns}, "
+                f"{len(self.data)} bytes, {self.location()}{extra})")
 
 
 _KV = re.compile(r"(\w+)=(\S+)")

@@ -21,31 +21,48 @@ from typing import Any, Dict, List, Optional
 
 from .. import constants as C
 from ..codec import errno_name
+from ..layouts import layout
+from ..opcodes import NOTIFICATIONS, OPS
 from .decode import NOTIFY, REPLY, REQUEST, Event
 
 _HEX_KEYS = ("flags", "flags2", "mask", "events", "revents", "valid", "fattr_flags", "open_flags", "read_flags",
              "write_flags", "fsync_flags", "getattr_flags", "release_flags", "lk_flags", "setxattr_flags")
 
 
+#: byte -> how the text form shows it (printable ASCII as is; quotes, backslash, controls escaped)
+_BYTE_TEXT = {c: (chr(c) if 32 <= c < 127 and c not in (34, 92) else
+                  {10: "\\n", 9: "\\t", 0: "\\0", 34: '\\"', 92: "\\\\"}.get(c, f"\\x{c:02x}")) for c in range(256)}
+
+
 def _fmt_bytes(b: bytes, limit: int) -> str:
     shown = b if limit < 0 else b[:limit]
-    text = "".join(chr(c) if 32 <= c < 127 and c not in (34, 92) else
-                   {10: "\\n", 9: "\\t", 0: "\\0", 34: '\\"', 92: "\\\\"}.get(c, f"\\x{c:02x}") for c in shown)
+    text = shown.decode("latin-1").translate(_BYTE_TEXT)
     more = f"... ({len(b)} bytes)" if len(shown) < len(b) else ""
     return f'"{text}"{more}'
 
 
+_INT_FORM: Dict[str, str] = {}  # field name -> "o" (modes), "x" (flags, masks), "d"
+
+
+def _int_form(key: str) -> str:
+    form = _INT_FORM.get(key)
+    if form is None:
+        form = _INT_FORM[key] = "o" if key.endswith("mode") else \
+            "x" if key in _HEX_KEYS or key.endswith("_flags") or key == "cmd" else "d"
+    return form
+
+
 def _fmt_value(key: str, value: Any, limit: int) -> str:
-    if isinstance(value, (bytes, bytearray)):
+    t = type(value)
+    if t is int:
+        form = _INT_FORM.get(key) or _int_form(key)
+        return str(value) if form == "d" else f"0{value:o}" if form == "o" else f"{value:#x}"
+    if t is bytes or t is bytearray:
         return _fmt_bytes(bytes(value), limit)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
-        if key == "mode" or key.endswith("mode"):
-            return f"0{value:o}"
-        if key in _HEX_KEYS or key.endswith("_flags") or key == "cmd":
-            return f"{value:#x}"
-        return str(value)
+        return _fmt_value(key, int(value), limit)
     if isinstance(value, dict):
         return "{" + _fmt_fields(value, limit) + "}"
     if isinstance(value, (list, tuple)):
@@ -53,9 +70,12 @@ def _fmt_value(key: str, value: Any, limit: int) -> str:
     return str(value)
 
 
+_HIDDEN = ("_", "padding", "unused", "reserved")
+
+
 def _items(container: Any) -> List[tuple]:
-    return [(k, v) for k, v in container.items() if not k.startswith("_")
-            and not (k.startswith(("padding", "unused", "reserved")) and not _nonzero(v))]
+    return [(k, v) for k, v in container.items() if not k.startswith(_HIDDEN)
+            or not k.startswith("_") and _nonzero(v)]
 
 
 def _nonzero(v: Any) -> bool:
@@ -63,7 +83,7 @@ def _nonzero(v: Any) -> bool:
 
 
 def _fmt_fields(container: Any, limit: int) -> str:
-    return " ".join(f"{k}={_fmt_value(k, v, limit)}" for k, v in _items(container))
+    return " ".join([f"{k}={_fmt_value(k, v, limit)}" for k, v in _items(container)])
 
 
 def body_lines(body: Any, indent: str, limit: int) -> List[str]:
@@ -94,28 +114,29 @@ def text_lines(ev: Event, *, limit: int = 64, origin_ns: Optional[int] = None) -
     lines: List[str] = []
     if ev.kind == REQUEST:
         if msg is None:
-            lines.append(f"unique: ?, opcode: ?, insize: {len(rec.data)}{conn}{when}")
+            lines.append(f"unique: ?, opcode: ?, insize: {rec.size}{conn}{when}")
         else:
             h = msg.header
-            lines.append(f"unique: {h.unique}, opcode: {C.opcode_name(h.opcode)} ({h.opcode}), nodeid: {h.nodeid}, "
-                         f"insize: {len(rec.data)}, pid: {h.pid}{conn}{when}")
+            op = h["opcode"]
+            lines.append(f"unique: {h['unique']}, opcode: {C.opcode_name(op)} ({op}), nodeid: {h['nodeid']}, "
+                         f"insize: {rec.size}, pid: {h['pid']}{conn}{when}")
             lines.extend(body_lines(msg.body, "   ", limit))
             for ext in getattr(msg, "extensions", None) or []:
                 lines.append(f"   extension: {_fmt_fields(ext, limit) if isinstance(ext, dict) else ext}")
     elif ev.kind == REPLY:
         if msg is None:
-            lines.append(f"   unique: ?, outsize: {len(rec.data)}{conn}{when}")
+            lines.append(f"   unique: ?, outsize: {rec.size}{conn}{when}")
         else:
             h = msg.header
-            status = "success" if h.error == 0 else f"error: {h.error} ({errno_name(h.error)})"
+            status = "success" if h['error'] == 0 else f"error: {h['error']} ({errno_name(h['error'])})"
             lat = ev.latency_ns
             tail = f", latency: {lat / 1000:.1f} us" if lat is not None else ""
             of = f", reply to {C.opcode_name(ev.request.opcode)}" if ev.request is not None else ", no request"
-            lines.append(f"   unique: {h.unique}, {status}, outsize: {len(rec.data)}{of}{tail}{conn}{when}")
+            lines.append(f"   unique: {h['unique']}, {status}, outsize: {rec.size}{of}{tail}{conn}{when}")
             lines.extend(body_lines(msg.body, "      ", limit))
     elif ev.kind == NOTIFY and msg is not None:
         h = msg.header
-        lines.append(f"   NOTIFY: code={h.error} ({C.notify_name(h.error)}), length={len(rec.data)}{conn}{when}")
+        lines.append(f"   NOTIFY: code={h['error']} ({C.notify_name(h['error'])}), length={rec.size}{conn}{when}")
         lines.extend(body_lines(msg.body, "      ", limit))
     if ev.problem:
         lines.append(f"   !! {ev.problem} [{rec.location()}]")
@@ -135,11 +156,32 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def json_object(ev: Event, *, origin_ns: Optional[int] = None) -> Dict[str, Any]:
-    """The JSON form of one event (see docs/traces.md for the keys)."""
+def _has_hidden(parts: Any) -> bool:
+    """Whether a part list holds struct fields named ``_...`` (which JSON leaves out)."""
+    def walk(con: Any) -> bool:
+        while hasattr(con, "subcon") and not hasattr(con, "subcons"):
+            con = con.subcon
+        return any((sc.name or "").startswith("_") or walk(sc) for sc in getattr(con, "subcons", ()))
+    return any(walk(layout(p.struct_name)) for p in parts or () if p.struct_name is not None)
+
+
+#: opcodes/notify codes whose bodies need ``jsonable`` (the others go to the C encoder as they are)
+_CLEAN_REQUESTS = {op for op, spec in OPS.items() if _has_hidden(spec.request)}
+_CLEAN_REPLIES = {op for op, spec in OPS.items() if _has_hidden(spec.reply)}
+_CLEAN_NOTIFY = {code for code, spec in NOTIFICATIONS.items() if _has_hidden(spec.body)}
+
+
+def json_object(ev: Event, *, origin_ns: Optional[int] = None, raw: bool = False) -> Dict[str, Any]:
+    """The JSON form of one event (see docs/traces.md for the keys).
+
+    ``raw``: leave bytes values as bytes where the JSON encoder will turn them into hex
+    (``json_line``); otherwise every value is plain JSON already.
+    """
     rec, msg = ev.record, ev.message
     obj: Dict[str, Any] = {"type": ev.kind, "conn": rec.conn, "dir": "in" if rec.inbound else "out",
-                           "len": len(rec.data)}
+                           "len": rec.size}
+    if rec.missing:
+        obj["missing"] = rec.missing
     if rec.timestamp_ns is not None:
         obj["ts_ns"] = rec.timestamp_ns
         if origin_ns is not None:
@@ -148,18 +190,22 @@ def json_object(ev: Event, *, origin_ns: Optional[int] = None) -> Dict[str, Any]
     if msg is not None:
         h = msg.header
         if ev.kind == REQUEST:
-            obj.update(unique=h.unique, opcode=C.opcode_name(h.opcode), opcode_num=h.opcode, nodeid=h.nodeid,
-                       uid=h.uid, gid=h.gid, pid=h.pid)
+            obj.update(unique=h["unique"], opcode=C.opcode_name(h["opcode"]), opcode_num=h["opcode"],
+                       nodeid=h["nodeid"], uid=h["uid"], gid=h["gid"], pid=h["pid"])
         elif ev.kind == REPLY:
-            obj.update(unique=h.unique, error=h.error, errno=errno_name(h.error))
+            obj.update(unique=h['unique'], error=h['error'], errno=errno_name(h['error']))
             if ev.request is not None:
                 obj.update(opcode=C.opcode_name(ev.request.opcode), opcode_num=ev.request.opcode)
             lat = ev.latency_ns
             if lat is not None:
                 obj["latency_us"] = round(lat / 1000, 3)
         else:
-            obj.update(code=h.error, notify=C.notify_name(h.error))
-        obj["body"] = jsonable(msg.body)
+            obj.update(code=h['error'], notify=C.notify_name(h['error']))
+        body = msg.body
+        if raw and body is not None and not _needs_clean(ev, h):
+            obj["body"] = body
+        else:
+            obj["body"] = jsonable(body)
         extensions = getattr(msg, "extensions", None)  # requests only
         if extensions:
             obj["extensions"] = jsonable(extensions)
@@ -168,5 +214,23 @@ def json_object(ev: Event, *, origin_ns: Optional[int] = None) -> Dict[str, Any]
     return obj
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+def _needs_clean(ev: Event, h: Any) -> bool:
+    if ev.kind == REQUEST:
+        return h['opcode'] in _CLEAN_REQUESTS
+    if ev.kind == REPLY:
+        return ev.request is not None and ev.request.opcode in _CLEAN_REPLIES
+    return h['error'] in _CLEAN_NOTIFY
+
+
 def json_line(ev: Event, *, origin_ns: Optional[int] = None) -> str:
-    return json.dumps(json_object(ev, origin_ns=origin_ns), separators=(",", ":"))
+    """``json_object`` as one line of JSON."""
+    return _ENCODE(json_object(ev, origin_ns=origin_ns, raw=True))

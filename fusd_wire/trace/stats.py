@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -24,10 +25,10 @@ class OpStats:
     count: int = 0
     replies: int = 0
     errors: int = 0
-    latencies_us: List[float] = field(default_factory=list)
+    latencies_us: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply, not 32
 
     def summary(self) -> Dict[str, Any]:
-        lat = sorted(self.latencies_us)
+        lat = sorted(self.latencies_us)  # type: ignore[type-var]
         return {"opcode": C.opcode_name(self.opcode), "opcode_num": self.opcode, "count": self.count,
                 "replies": self.replies, "errors": self.errors, "p50_us": percentile(lat, 50),
                 "p90_us": percentile(lat, 90), "p99_us": percentile(lat, 99), "max_us": lat[-1] if lat else None}
@@ -41,18 +42,29 @@ class Stats:
         self.notifications = 0
 
     def add(self, ev: Event) -> None:
-        op = ev.opcode
-        if ev.kind == REQUEST and op is not None:
-            self.ops.setdefault(op, OpStats(op)).count += 1
-        elif ev.kind == REPLY and op is not None:
-            st = self.ops.setdefault(op, OpStats(op))
+        kind = ev.kind
+        if kind == REQUEST:
+            if ev.message is not None:
+                op = ev.message.header["opcode"]
+                st = self.ops.get(op)
+                if st is None:
+                    st = self.ops[op] = OpStats(op)
+                st.count += 1
+        elif kind == REPLY:
+            req = ev.request
+            if req is None:
+                return
+            op = req.header["opcode"]
+            st = self.ops.get(op)
+            if st is None:
+                st = self.ops[op] = OpStats(op)
             st.replies += 1
-            if ev.error:
+            if ev.message is not None and ev.message.header["error"]:
                 st.errors += 1
-            lat = ev.latency_ns
-            if lat is not None:
-                st.latencies_us.append(lat / 1000)
-        elif ev.kind == "notify":
+            rr = ev.request_record
+            if rr is not None and rr.timestamp_ns is not None and ev.record.timestamp_ns is not None:
+                st.latencies_us.append((ev.record.timestamp_ns - rr.timestamp_ns) / 1000)
+        elif kind == "notify":
             self.notifications += 1
 
     def rows(self) -> List[Dict[str, Any]]:
