@@ -62,6 +62,17 @@ except Interrupted:
 """
 
 
+#: A client that writes 100 bytes to argv[1]; SIGUSR1 interrupts the write (no restart): prints what write() returned.
+INTERRUPTED_WRITER = """
+import os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *a: None)
+signal.siginterrupt(signal.SIGUSR1, True)
+fd = os.open(sys.argv[1], os.O_WRONLY)
+print("ready", flush=True)
+print(os.write(fd, b"x" * 100))
+"""
+
+
 def line_with(stream, needle: str, max_lines: int = 20) -> str:
     """The first line of ``stream`` (a program's stderr, say) that contains ``needle``; '' if none comes."""
     for _ in range(max_lines):

@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 
 import pytest
-from conftest import client, fuse_available, needs_fuse, wait_for
+from conftest import BLOCKED_READER, INTERRUPTED_WRITER, client, fuse_available, needs_fuse, wait_for
 
 from fusd_runtime import Context, Device, Server
 
@@ -93,21 +92,8 @@ def test_a_thousand_suspended_reads_are_answered_in_arrival_order(server: Server
 
 def test_a_signal_cancels_the_task_and_the_caller_gets_eintr(server: Server) -> None:
     box = server.add(AsyncMailbox(), "mailbox")
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import errno, os, signal, sys
-        class Interrupted(Exception):
-            pass
-        def handler(sig, frame):
-            raise Interrupted()
-        signal.signal(signal.SIGUSR1, handler)
-        fd = os.open(sys.argv[1], os.O_RDONLY)
-        print("ready", flush=True)
-        try:
-            os.read(fd, 100)
-            print("read returned")
-        except Interrupted:
-            print("interrupted")
-    """), server.path("mailbox")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_READER, server.path("mailbox")], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == "ready"
     assert wait_for(lambda: len(box.arrivals) == 1)
     proc.send_signal(signal.SIGUSR1)
@@ -133,18 +119,12 @@ class PartialAsyncWriter(Device):
 
 def test_an_interrupted_async_write_may_answer_its_partial_count(server: Server) -> None:
     server.add(PartialAsyncWriter(), "slow")
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, signal, sys
-        signal.signal(signal.SIGUSR1, lambda *a: None)
-        signal.siginterrupt(signal.SIGUSR1, True)
-        fd = os.open(sys.argv[1], os.O_WRONLY)
-        print("ready", flush=True)
-        print(os.write(fd, b"x" * 50))
-    """), server.path("slow")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WRITER, server.path("slow")],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     assert wait_for(lambda: len(server.session.deferred) == 1)  # type: ignore[union-attr]
     proc.send_signal(signal.SIGUSR1)
-    assert proc.communicate(timeout=20)[0].strip() == "7"
+    assert proc.communicate(timeout=20)[0].strip() == "7"  # 7 of its 100 bytes taken
 
 
 def test_nonblocking_calls_never_wait(server: Server) -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, client, needs_fuse, wait_for
+from conftest import INTERRUPTED_WRITER, ROOT, client, needs_fuse, wait_for
 
 from fusd_runtime import DEFER, Context, Device, Server
 from fusd_runtime.examples import Hello, PipeDevice
@@ -320,14 +320,8 @@ class PartialWriter(Device):
 
 def test_on_interrupt_may_answer_a_partial_count(server: Server) -> None:
     dev = server.add(PartialWriter(), "partial")
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import os, signal, sys
-        signal.signal(signal.SIGUSR1, lambda *a: None)
-        signal.siginterrupt(signal.SIGUSR1, True)
-        fd = os.open(sys.argv[1], os.O_WRONLY)
-        print("ready", flush=True)
-        print(os.write(fd, b"x" * 100))
-    """), server.path("partial")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WRITER, server.path("partial")],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     assert dev.waiting.wait(20)
     assert wait_for(lambda: len(server.session.deferred) == 1)  # type: ignore[union-attr]

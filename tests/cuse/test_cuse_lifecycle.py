@@ -12,8 +12,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
+
+from conftest import INTERRUPTED_WRITER
 
 from fusd_runtime import DEFER, Context, Device
 from fusd_runtime.cuse import CuseServer
@@ -73,14 +74,8 @@ class PartialWriter(Device):
 def test_an_interrupted_write_answers_its_partial_count(cuse: CuseServer) -> None:
     name = unique_name("partial")
     dev = cuse.add(PartialWriter(), name)
-    proc = subprocess.Popen([sys.executable, "-S", "-c", textwrap.dedent("""
-        import os, signal, sys
-        signal.signal(signal.SIGUSR1, lambda *a: None)
-        signal.siginterrupt(signal.SIGUSR1, True)
-        fd = os.open(sys.argv[1], os.O_WRONLY)
-        print("ready", flush=True)
-        print(os.write(fd, b"x" * 100))
-    """), cuse.path(name)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-S", "-c", INTERRUPTED_WRITER, cuse.path(name)],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     assert dev.waiting.wait(60)
     assert wait_for(lambda: len(cuse.sessions[name].deferred) == 1)
